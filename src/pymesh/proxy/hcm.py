@@ -1,0 +1,615 @@
+"""The HTTP/1.1 connection manager (HCM): the asyncio shell around the sans-IO codec.
+
+One `H1Connection` per downstream connection. It feeds bytes to the request parser, turns each
+request into a `Request` whose body streams through a bounded `Body`, runs the route's compiled
+filter chain in one task per request, and writes the response back with the upstream's framing
+preserved. Every proxy-generated reply is rendered here, from a typed `ProxyError`, with its
+cause in `x-pymesh-error` (DESIGN.md §2).
+
+Timers: an idle timer while waiting for a request's first byte, a header timer from that first
+byte until the head is complete (a 1 byte/s client is answered 408 and closed). Requests on a
+connection are answered in order; pipelined requests wait (reading pauses) until the current
+response is done. Backpressure both ways through `Body` high-water marks and the transports'
+`pause_writing`/`resume_writing`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, final
+
+import structlog
+
+from pymesh.errors import ProxyError, RemoteProtocolError, RequestTimeout
+from pymesh.proxy.events import EndOfMessage, RequestHead
+from pymesh.proxy.http1 import (
+    Limits,
+    encode_chunk,
+    encode_last_chunk,
+    make_request_parser,
+    serialize_response_head,
+)
+from pymesh.proxy.messages import Body, Headers, Request, RequestContext, Response
+from pymesh.proxy.router import Route
+from pymesh.proxy.tcp import Connection, connect_relay
+
+__all__ = ["H1Connection", "HttpObserver", "HttpSettings", "ListenerState", "TcpObserver"]
+
+_log = structlog.get_logger("pymesh.hcm")
+
+# RFC 9110 §7.6.1 connection-specific fields, plus the framing fields we regenerate.
+_HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding",
+    b"upgrade", b"proxy-authorization", b"proxy-authenticate", b"content-length", b"trailer",
+    b"expect",
+})
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CONNECT_OK = b"HTTP/1.1 200 Connection established\r\n\r\n"
+_NO_BODY_STATUS = frozenset({204, 304})
+_WRITE_HIGH_WATER = 256 * 1024
+
+
+class HttpObserver(Protocol):
+    """Sees every finished request (metrics, access log). Must not raise or block."""
+
+    def on_request(self, request: Request, status: int, duration_s: float) -> None: ...
+
+
+class TcpObserver(Protocol):
+    """Sees every finished L4 connection (metrics, access log). Must not raise or block."""
+
+    def on_connection(self, conn: Connection, exc: BaseException | None) -> None: ...
+
+
+class Router(Protocol):
+    def route(self, authority: bytes, kind: Literal["http1", "http2", "tcp"] = ...) -> Route: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpSettings:
+    """What an HTTP listener does, for one config version (swapped whole on change)."""
+
+    listener: str
+    router: Router
+    codec: Literal["httptools", "h11"] = "httptools"
+    limits: Limits = field(default_factory=Limits)
+    observers: Sequence[HttpObserver] = ()
+    tcp_observers: Sequence[TcpObserver] = ()
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    connect_timeout: float = 5.0
+    allow_connect: bool = False
+    absolute_form: bool = False  # accept http_proxy-style absolute-form targets
+
+
+@final
+class ListenerState:
+    """Live state shared by a listener's connections: settings, connections, draining."""
+
+    __slots__ = ("connections", "draining", "name", "settings")
+
+    def __init__(self, name: str, settings: HttpSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.connections: set[H1Connection] = set()
+        self.draining = False
+
+    def drain(self) -> None:
+        """Stop keep-alive: idle connections close now, busy ones after their response."""
+        self.draining = True
+        for c in list(self.connections):
+            c.close_if_idle()
+
+    @property
+    def busy(self) -> int:
+        """Connections with a request in flight."""
+        return sum(1 for c in self.connections if c.busy)
+
+
+def _client_addr(transport: asyncio.BaseTransport) -> tuple[str, str]:
+    peer = transport.get_extra_info("peername")
+    if not peer:
+        return "-", ""
+    return f"{peer[0]}:{peer[1]}", str(peer[0])
+
+
+@final
+class H1Connection(asyncio.Protocol):
+    """One downstream HTTP/1.1 connection (an `asyncio.Protocol`)."""
+
+    __slots__ = (
+        "_body",
+        "_client_ip",
+        "_drain",
+        "_head_pending",
+        "_pending",
+        "_read_paused",
+        "_request_complete",
+        "_response_started",
+        "_task",
+        "_timer",
+        "_write_paused",
+        "busy",
+        "closed",
+        "parser",
+        "peer",
+        "state",
+        "transport",
+    )
+
+    def __init__(self, state: ListenerState) -> None:
+        s = state.settings
+        self.state = state
+        self.parser = make_request_parser(s.codec, s.limits)
+        self.transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._head_pending = False  # bytes of a request head have arrived
+        self._pending: deque[RequestHead | bytes | EndOfMessage] = deque()
+        self._body: Body | None = None  # the request body being received
+        self._task: asyncio.Task[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._read_paused = False
+        self._request_complete = True
+        self._response_started = False
+        self.busy = False
+        self.closed = False
+        self.peer = "-"
+        self._client_ip = ""
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
+        self.peer, self._client_ip = _client_addr(transport)
+        self.state.connections.add(self)
+        self._arm_idle()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.parser.feed(data)
+        except RemoteProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        if events:
+            self._handle(events)
+        elif not self.busy and not self._head_pending:
+            self._head_pending = True
+            self._arm_header_timer()
+
+    def eof_received(self) -> bool:
+        body = self._body
+        if body is not None:
+            body.abort(RemoteProtocolError("client closed the connection mid-body"))
+            self._body = None
+        if not self.busy:
+            self._close()
+            return False
+        # Half-closed client with a request in flight: answer it, then close.
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.state.connections.discard(self)
+        self._cancel_timer()
+        body = self._body
+        if body is not None:
+            body.abort(ConnectionResetError("client connection lost"))
+            self._body = None
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+        d = self._drain
+        if d is not None and not d.done():
+            d.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        d = self._drain
+        if d is not None:
+            self._drain = None
+            if not d.done():
+                d.set_result(None)
+
+    # -- timers -------------------------------------------------------------------------
+    def _cancel_timer(self) -> None:
+        t = self._timer
+        if t is not None:
+            t.cancel()
+            self._timer = None
+
+    def _arm_idle(self) -> None:
+        self._cancel_timer()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.state.settings.idle_timeout, self._on_idle_timeout)
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_timer()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.state.settings.header_timeout,
+                                      self._on_header_timeout)
+
+    def _on_idle_timeout(self) -> None:
+        self._timer = None
+        if not self.busy:
+            self._close()
+
+    def _on_header_timeout(self) -> None:
+        self._timer = None
+        if self.busy:
+            return
+        exc = RequestTimeout("request headers not received in time")
+        _log.info("request_timeout", listener=self.state.name, peer=self.peer)
+        self._reply_and_close(exc)
+
+    # -- parsing ------------------------------------------------------------------------
+    def _handle(self, events: list[RequestHead | bytes | EndOfMessage]) -> None:
+        for i, ev in enumerate(events):
+            if self.busy and self._request_complete:
+                # A pipelined request: hold it (bounded: we stop reading) until our turn.
+                self._pending.extend(events[i:])
+                self._pause_reading()
+                return
+            if type(ev) is bytes:
+                body = self._body
+                if body is not None:
+                    body.feed(ev)
+            elif isinstance(ev, RequestHead):
+                self._start(ev)
+            else:
+                assert isinstance(ev, EndOfMessage)
+                self._request_complete = True
+                body = self._body
+                if body is not None:
+                    self._body = None
+                    body.feed_eof(ev.trailers)
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._read_paused and self.transport is not None and not self.closed:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def _start(self, head: RequestHead) -> None:
+        """A request head arrived: build the Request and run its exchange."""
+        self._cancel_timer()
+        self._head_pending = False
+        self.busy = True
+        self._response_started = False
+        settings = self.state.settings
+        ctx = RequestContext(listener=self.state.name, downstream_addr=self.peer,
+                             start=time.monotonic())
+        method = head.method
+        target = head.target
+        # Request headers for upstream: drop hop-by-hop (and those Connection names), keep
+        # framing aside (re-added by the forwarder), append x-forwarded-for.
+        connection_opts: frozenset[bytes] = frozenset()
+        headers: Headers = []
+        host: bytes | None = None
+        xff: bytes | None = None
+        for k, v in head.headers:
+            lk = k.lower()
+            if lk in _HOP_BY_HOP:
+                if lk == b"connection":
+                    connection_opts = connection_opts | {
+                        o.strip().lower() for o in v.split(b",")}
+                continue
+            if lk == b"host":
+                host = v
+            elif lk == b"x-forwarded-for":
+                xff = v
+                continue
+            headers.append((k, v))
+        if connection_opts:
+            headers = [(k, v) for k, v in headers if k.lower() not in connection_opts]
+        ip = self._client_ip.encode()
+        headers.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
+        authority = host or b""
+        if method == b"CONNECT":
+            self._request_complete = True
+            self._pause_reading()
+            req = Request(method, target, target, headers, None, ctx,
+                          http_version=head.http_version)
+            self._task = asyncio.get_running_loop().create_task(self._tunnel(req, settings))
+            return
+        if target[:1] != b"/" and target != b"*":
+            # absolute-form (http_proxy clients): the URL's authority wins over Host
+            # (RFC 9112 §3.2.2)
+            scheme_end = target.find(b"://")
+            if scheme_end < 0 or not settings.absolute_form:
+                self._request_complete = True
+                self._pause_reading()
+                self._task = asyncio.get_running_loop().create_task(self._fail_request(
+                    Request(method, target, authority, headers, None, ctx),
+                    RemoteProtocolError("absolute-form request-target not accepted here")))
+                return
+            rest = target[scheme_end + 3:]
+            slash = rest.find(b"/")
+            authority, target = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+            headers = [(b"host", authority) if k.lower() == b"host" else (k, v)
+                       for k, v in headers]
+            host = authority
+        if host is None:
+            headers.append((b"host", authority))
+        body: Body | None = None
+        if head.chunked or head.content_length:
+            transport = self.transport
+            assert transport is not None
+            body = Body(pause=self._pause_reading, resume=self._resume_reading)
+            if head.expect_continue and head.http_version == b"1.1":
+                body.on_first_read = self._send_continue
+            self._body = body
+            self._request_complete = False
+        else:
+            self._request_complete = True
+        req = Request(method, target, authority, headers, body, ctx,
+                      http_version=head.http_version,
+                      content_length=head.content_length if not head.chunked else None,
+                      chunked=head.chunked)
+        self._task = asyncio.get_running_loop().create_task(
+            self._exchange(req, head.keep_alive, settings))
+
+    def _send_continue(self) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing() and not self._response_started:
+            t.write(_CONTINUE)
+
+    # -- exchange -----------------------------------------------------------------------
+    async def _exchange(self, request: Request, keep_alive: bool, settings: HttpSettings) -> None:
+        ctx = request.context
+        response: Response | None = None
+        status = 0
+        try:
+            try:
+                route = settings.router.route(request.authority, "http1")
+                ctx.destination_service = route.host
+                ctx.destination_namespace = route.namespace
+                ctx.destination_workload = route.workload
+                response = await route.handler(request)
+            except ProxyError as exc:
+                ctx.response_flags = exc.code
+                response = Response.from_error(exc)
+            except Exception as exc:
+                _log.exception("filter_chain_failed", listener=self.state.name,
+                               error=repr(exc))
+                ctx.response_flags = "internal_error"
+                response = Response.from_error(ProxyError(repr(exc)))
+            status = response.status
+            keep_alive = await self._send(request, response, keep_alive)
+        except asyncio.CancelledError:
+            ctx.response_flags = "downstream_reset" if ctx.response_flags == "-" \
+                else ctx.response_flags
+            keep_alive = False
+            if response is not None and response.release is not None:
+                response.release(False)
+            if not self.closed:
+                raise
+        except (ConnectionError, ProxyError) as exc:
+            # The response could not be completed (client gone, upstream reset mid-body).
+            if ctx.response_flags == "-":
+                ctx.response_flags = exc.code if isinstance(exc, ProxyError) \
+                    else "downstream_reset"
+            keep_alive = False
+            if response is not None and response.release is not None:
+                response.release(False)
+            self._close()
+        finally:
+            duration = time.monotonic() - ctx.start
+            if request.body is not None:
+                ctx.bytes_received = request.body.received
+            for obs in settings.observers:
+                obs.on_request(request, status, duration)
+        self._finish_exchange(keep_alive)
+
+    async def _send(self, request: Request, response: Response, keep_alive: bool) -> bool:
+        """Write the response; returns whether the connection stays open."""
+        t = self.transport
+        if t is None or self.closed:
+            return False
+        self._response_started = True
+        status = response.status
+        http10 = request.http_version == b"1.0"
+        if not self._request_complete or self.state.draining:
+            keep_alive = False  # the client is still sending a body nobody will read
+        head_only = request.method == b"HEAD" or status in _NO_BODY_STATUS or status < 200
+        out: Headers = []
+        length_header: bytes | None = None
+        for k, v in response.headers:
+            lk = k.lower()
+            if lk in _HOP_BY_HOP:
+                if lk == b"content-length":
+                    length_header = v
+                continue
+            out.append((k, v))
+        body = response.body
+        chunked = False
+        if head_only:
+            if length_header is not None:
+                out.append((b"content-length", length_header))
+            body = None
+        elif response.content_length is not None:
+            out.append((b"content-length", str(response.content_length).encode()))
+        elif body is None:
+            out.append((b"content-length", b"0"))
+        elif http10:
+            keep_alive = False  # read-until-close framing for an HTTP/1.0 client
+        else:
+            chunked = True
+            out.append((b"transfer-encoding", b"chunked"))
+        if not keep_alive:
+            out.append((b"connection", b"close"))
+        elif http10:
+            out.append((b"connection", b"keep-alive"))
+        head = serialize_response_head(status, response.reason, out)
+        sent = 0
+        if body is None:
+            t.write(head)
+        else:
+            data = body.read_nowait()
+            if data is not None and body.done:
+                # The whole body is here already: one write (the common small response).
+                sent = len(data)
+                if chunked:
+                    t.write(head + (encode_chunk(data) if data else b"")
+                            + encode_last_chunk(body.trailers))
+                else:
+                    t.write(head + data)
+            else:
+                t.write(head)
+                while True:
+                    if data is None:
+                        data = await body.read()
+                    if not data:
+                        break
+                    sent += len(data)
+                    t.write(encode_chunk(data) if chunked else data)
+                    if self._write_paused:
+                        await self._wait_drain()
+                        if self.closed:
+                            raise ConnectionResetError("client connection lost")
+                    data = None
+                if chunked:
+                    t.write(encode_last_chunk(body.trailers))
+        request.context.bytes_sent = sent
+        if response.release is not None:
+            response.release(True)
+        return keep_alive
+
+    async def _wait_drain(self) -> None:
+        if self._write_paused and not self.closed:
+            fut = asyncio.get_running_loop().create_future()
+            self._drain = fut
+            await fut
+
+    def _finish_exchange(self, keep_alive: bool) -> None:
+        self._task = None
+        self.busy = False
+        if self.closed:
+            return
+        if not keep_alive:
+            self._close()
+            return
+        self._arm_idle()
+        if self._pending:
+            events = list(self._pending)
+            self._pending.clear()
+            self._handle(events)
+        if not self.busy or not self._pending:
+            self._resume_reading()
+
+    async def _fail_request(self, request: Request, exc: ProxyError) -> None:
+        request.context.response_flags = exc.code
+        status = exc.http_status
+        try:
+            await self._send(request, Response.from_error(exc), False)
+        finally:
+            for obs in self.state.settings.observers:
+                obs.on_request(request, status, time.monotonic() - request.context.start)
+        self._finish_exchange(False)
+
+    async def _tunnel(self, request: Request, settings: HttpSettings) -> None:
+        """CONNECT host:port → an L4 relay to the service's endpoint."""
+        ctx = request.context
+        try:
+            route = settings.router.route(request.target, "tcp")
+            address = route.cluster.pick()
+            t = self.transport
+            assert t is not None
+            conn = Connection(t, self.state.name, initial=self.parser_leftover())
+            conn.destination_service = route.host
+            ctx.destination_service = route.host
+
+            def on_close(c: Connection, exc: BaseException | None) -> None:
+                for obs in settings.tcp_observers:
+                    obs.on_connection(c, exc)
+
+            self._cancel_timer()
+            self.state.connections.discard(self)
+            await connect_relay(conn, address, connect_timeout=settings.connect_timeout,
+                                on_close=on_close, before_relay=lambda: t.write(_CONNECT_OK))
+        except ProxyError as exc:
+            ctx.response_flags = exc.code
+            self.state.connections.add(self)
+            await self._send(request, Response.from_error(exc), False)
+            for obs in settings.observers:
+                obs.on_request(request, exc.http_status, time.monotonic() - ctx.start)
+            self._finish_exchange(False)
+            return
+        # The transport now belongs to the relay; this protocol object is done.
+        self._task = None
+        self.busy = False
+
+    def parser_leftover(self) -> bytes:
+        """Bytes the client sent after the CONNECT head (already the tunnel's payload)."""
+        leftover = getattr(self.parser, "leftover", None)
+        if callable(leftover):
+            data: bytes = leftover()
+            return data
+        return b""
+
+    # -- errors and closing -------------------------------------------------------------
+    def _protocol_error(self, exc: RemoteProtocolError) -> None:
+        """The client sent something illegal: answer (if we still can) and close."""
+        _log.info("bad_request", listener=self.state.name, peer=self.peer, code=exc.code,
+                  detail=exc.detail)
+        body = self._body
+        if body is not None:
+            self._body = None
+            body.abort(exc)
+        task = self._task
+        if task is not None and not task.done():
+            if self._response_started:
+                self._close()
+                return
+            task.cancel()
+        self._reply_and_close(exc)
+
+    def _reply_and_close(self, exc: ProxyError) -> None:
+        t = self.transport
+        self._cancel_timer()
+        if t is not None and not t.is_closing() and not self._response_started:
+            self._response_started = True
+            resp = Response.from_error(exc)
+            headers = [*resp.headers, (b"content-length", str(resp.content_length).encode()),
+                       (b"connection", b"close")]
+            data = resp.body.read_nowait() if resp.body is not None else b""
+            t.write(serialize_response_head(exc.http_status, b"", headers) + (data or b""))
+            ctx = RequestContext(listener=self.state.name, downstream_addr=self.peer,
+                                 start=time.monotonic())
+            ctx.response_flags = exc.code
+            req = Request(b"-", b"-", b"-", [], None, ctx)
+            for obs in self.state.settings.observers:
+                obs.on_request(req, exc.http_status, 0.0)
+        self._close()
+
+    def close_if_idle(self) -> None:
+        """Close now if no request is in flight (drain)."""
+        if not self.busy:
+            self._close()
+
+    def _close(self) -> None:
+        self._cancel_timer()
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.close()
+
+
+def make_protocol_factory(state: ListenerState) -> Callable[[], H1Connection]:
+    """The protocol factory for `loop.create_server`."""
+
+    def factory() -> H1Connection:
+        return H1Connection(state)
+
+    return factory

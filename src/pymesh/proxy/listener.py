@@ -1,0 +1,234 @@
+"""Accepting connections: the L4 entry protocol, plaintext protocol detection, servers.
+
+- `L4Accept`: a `tcp` port. Reading is paused at accept, the network filter chain runs, and
+  its terminal connects upstream and wires the relay (`pymesh.proxy.tcp`).
+- `Detect`: a port whose protocol is not declared. It looks at the first bytes: an HTTP/1
+  request line goes to the HTTP connection manager, anything else (or silence until the
+  detection timeout: server-first protocols such as MySQL or SMTP) to the L4 relay. The bytes
+  read while detecting are handed on, never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import final
+
+import structlog
+
+from pymesh.errors import ProxyError
+from pymesh.proxy.chain import ConnectionHandler, NetworkFilter, compose_network
+from pymesh.proxy.hcm import H1Connection, ListenerState, TcpObserver
+from pymesh.proxy.tcp import Connection, connect_relay
+
+__all__ = ["Detect", "L4Accept", "TcpSettings", "TcpState", "looks_like_http1", "serve"]
+
+_log = structlog.get_logger("pymesh.listener")
+
+# An HTTP/1 request line starts with a method token and a space. RFC 9110 §9 tokens; the
+# common methods are upper case, and we only need enough to tell HTTP from opaque bytes.
+_HTTP1_PREFIX = re.compile(rb"[A-Z][A-Z0-9!#$%&'*+.^_`|~-]{0,19} ")
+_TOKEN_CHARS = re.compile(rb"[A-Z][A-Z0-9!#$%&'*+.^_`|~-]{0,19}")
+
+
+def looks_like_http1(data: bytes) -> bool | None:
+    """True: an HTTP/1 request line; False: not HTTP/1; None: need more bytes to tell."""
+    if _HTTP1_PREFIX.match(data):
+        return True
+    if _TOKEN_CHARS.fullmatch(data[:20]) and len(data) < 21:
+        return None
+    return False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TcpSettings:
+    """What an L4 port does, for one config version."""
+
+    listener: str
+    pick: Callable[[], tuple[str, int] | None]  # the upstream endpoint for a new connection
+    destination_service: str = "unknown"
+    filters: Sequence[NetworkFilter] = ()
+    observers: Sequence[TcpObserver] = ()
+    connect_timeout: float = 5.0
+    max_connections: int = 16384
+
+
+@final
+class TcpState:
+    """Live state of an L4 port: settings (swapped on config change) and its connections."""
+
+    __slots__ = ("connections", "handler", "name", "settings")
+
+    def __init__(self, name: str, settings: TcpSettings) -> None:
+        self.name = name
+        self.connections = 0
+        self.settings = settings
+        self.handler = self._compile(settings)
+
+    def update(self, settings: TcpSettings) -> None:
+        """Swap in new settings; connections already relayed keep their upstream."""
+        self.settings = settings
+        self.handler = self._compile(settings)
+
+    def _compile(self, s: TcpSettings) -> ConnectionHandler:
+        def on_close(conn: Connection, exc: BaseException | None) -> None:
+            self.connections -= 1
+            for obs in s.observers:
+                obs.on_connection(conn, exc)
+
+        async def terminal(conn: Connection) -> None:
+            conn.destination_service = s.destination_service
+            await connect_relay(conn, s.pick(), connect_timeout=s.connect_timeout,
+                                on_close=on_close)
+
+        return compose_network(s.filters, terminal)
+
+
+async def _run_l4(state: TcpState, conn: Connection) -> None:
+    state.connections += 1
+    try:
+        await state.handler(conn)
+    except ProxyError as exc:
+        conn.close_reason = exc.code
+        _log.info("tcp_refused", listener=state.name, peer=conn.downstream_addr,
+                  code=exc.code, detail=exc.detail)
+        state.connections -= 1
+        for obs in state.settings.observers:
+            obs.on_connection(conn, exc)
+        conn.transport.abort()
+        return
+    if conn.upstream_addr == "-":
+        # A network filter refused the connection (did not call call_next).
+        state.connections -= 1
+        conn.close_reason = conn.close_reason if conn.close_reason != "-" else "refused"
+        for obs in state.settings.observers:
+            obs.on_connection(conn, None)
+        conn.transport.close()
+
+
+class _Placeholder(asyncio.Protocol):
+    """Holds a paused transport while the network chain decides (drops stray callbacks)."""
+
+
+_PLACEHOLDER = _Placeholder()
+
+
+def start_l4(state: TcpState, transport: asyncio.Transport, initial: bytes = b"") -> None:
+    """Run the L4 chain for an accepted (paused) transport."""
+    transport.pause_reading()
+    transport.set_protocol(_PLACEHOLDER)
+    conn = Connection(transport, state.name, initial=initial)
+    if state.connections >= state.settings.max_connections:
+        conn.close_reason = "overflow"
+        transport.abort()
+        return
+    task = asyncio.get_running_loop().create_task(_run_l4(state, conn))
+    _TASKS.add(task)  # a strong reference until it ends (Python 3.11 GCs unreferenced tasks)
+    task.add_done_callback(_TASKS.discard)
+
+
+_TASKS: set[asyncio.Task[None]] = set()
+
+
+@final
+class L4Accept(asyncio.Protocol):
+    """Entry protocol of a `tcp` port: hands the transport to the L4 chain at once."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: TcpState) -> None:
+        self.state = state
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        start_l4(self.state, transport)
+
+
+@final
+class Detect(asyncio.Protocol):
+    """Entry protocol of a port with no declared protocol: sniff, then hand over."""
+
+    __slots__ = ("_buf", "_timer", "http", "tcp", "timeout", "transport")
+
+    def __init__(self, http: ListenerState | None, tcp: TcpState | None,
+                 timeout: float = 0.2) -> None:
+        self.http = http
+        self.tcp = tcp
+        self.timeout = timeout
+        self._buf = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.http is None:
+            self._to_tcp()
+            return
+        if self.tcp is None:
+            self._to_http()
+            return
+        self._timer = asyncio.get_running_loop().call_later(self.timeout, self._to_tcp)
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        verdict = looks_like_http1(self._buf)
+        if verdict is None and len(self._buf) < 64:
+            return
+        if verdict:
+            self._to_http()
+        else:
+            self._to_tcp()
+
+    def eof_received(self) -> bool:
+        if self._timer is not None:
+            self._timer.cancel()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _to_http(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        t = self.transport
+        assert t is not None and self.http is not None
+        proto = H1Connection(self.http)
+        t.set_protocol(proto)
+        proto.connection_made(t)
+        if self._buf:
+            data, self._buf = self._buf, b""
+            proto.data_received(data)
+
+    def _to_tcp(self) -> None:
+        self._timer = None
+        t = self.transport
+        assert t is not None
+        if self.tcp is None:
+            t.close()
+            return
+        data, self._buf = self._buf, b""
+        start_l4(self.tcp, t, data)
+
+
+async def serve(host: str, port: int, factory: Callable[[], asyncio.Protocol],
+                *, backlog: int = 1024) -> asyncio.Server:
+    """Listen on host:port (port 0: any free port) with `factory` protocols."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(factory, host, port, backlog=backlog, reuse_address=True)
+    return server
+
+
+def bound_address(server: asyncio.Server) -> tuple[str, int]:
+    """The (host, port) a server actually listens on."""
+    sock = server.sockets[0]
+    addr = sock.getsockname()
+    return str(addr[0]), int(addr[1])
+
+
+AsyncCallback = Callable[[], Awaitable[None]]

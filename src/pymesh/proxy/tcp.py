@@ -1,0 +1,257 @@
+"""The L4 relay: two `asyncio.Protocol` sides wired back to back.
+
+Bytes flow by callbacks only (no task per chunk, no streams). Backpressure: each transport's
+write buffer has a bounded high-water mark; when one side's buffer fills, the *other* side
+stops reading until it drains.
+
+Half-close: when one side sends EOF we shut down the write half of the other side once its
+write buffer has drained. We never call `transport.write_eof()`: uvloop 0.23 aborts the process
+("double free or corruption") when it is used under connection churn (DESIGN.md §4). Instead we
+`shutdown(SHUT_WR)` a duplicate of the socket's file descriptor — shutdown acts on the socket,
+not the descriptor — which works the same on uvloop and on stock asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, final
+
+import structlog
+
+from pymesh.errors import NoHealthyUpstream, UpstreamConnectError
+
+__all__ = ["Connection", "RelayStats", "TcpSide", "connect_relay", "shutdown_write"]
+
+HIGH_WATER = 256 * 1024
+_log = structlog.get_logger("pymesh.tcp")
+
+
+def shutdown_write(transport: asyncio.BaseTransport) -> None:
+    """Send FIN on `transport`'s socket without `write_eof()` (see the module docstring)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        fd = os.dup(sock.fileno())
+    except (OSError, ValueError):
+        return
+    try:
+        s = socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        return
+    try:
+        s.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    finally:
+        s.close()
+
+
+@final
+class RelayStats:
+    """Byte counts of one relayed connection, for metrics and the access log."""
+
+    __slots__ = ("received", "sent")
+
+    def __init__(self) -> None:
+        self.received = 0  # downstream -> upstream
+        self.sent = 0  # upstream -> downstream
+
+
+@final
+class Connection:
+    """One downstream connection as L4 filters and observers see it."""
+
+    __slots__ = (
+        "close_reason",
+        "connection_security_policy",
+        "destination_service",
+        "downstream_addr",
+        "initial",
+        "listener",
+        "source_principal",
+        "start",
+        "stats",
+        "transport",
+        "upstream_addr",
+    )
+
+    def __init__(self, transport: asyncio.Transport, listener: str, initial: bytes = b"") -> None:
+        self.transport = transport
+        self.listener = listener
+        peer = transport.get_extra_info("peername")
+        self.downstream_addr = f"{peer[0]}:{peer[1]}" if peer else "-"
+        self.initial = initial
+        self.start = time.monotonic()
+        self.stats = RelayStats()
+        self.source_principal = "unknown"
+        self.connection_security_policy = "none"
+        self.destination_service = "unknown"
+        self.upstream_addr = "-"
+        self.close_reason = "-"
+
+
+@final
+class TcpSide(asyncio.Protocol):
+    """One side of a relay. `peer` is the other side; `count` adds relayed bytes."""
+
+    __slots__ = ("_closed", "_eof_in", "_eof_pending", "_eof_sent", "_on_close", "_upstream",
+                 "count", "peer", "transport")
+
+    def __init__(self, *, upstream: bool, on_close: Callable[[TcpSide, Exception | None], None]
+                 ) -> None:
+        self._upstream = upstream
+        self._on_close = on_close
+        self.peer: TcpSide | None = None
+        self.transport: asyncio.Transport | None = None
+        self._eof_in = False  # we got EOF from our socket
+        self._eof_sent = False  # we shut down our socket's write half
+        self._eof_pending = False  # shut down once our write buffer drains
+        self._closed = False
+        self.count: Callable[[int], None] = _no_count
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=HIGH_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer.transport.write(data)
+            self.count(len(data))
+
+    def eof_received(self) -> bool:
+        self._eof_in = True
+        peer = self.peer
+        if peer is not None:
+            peer.half_close()
+        self._maybe_finish()
+        return True  # keep the transport open: the other direction may still flow
+
+    def pause_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not self._eof_pending:
+            peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._eof_pending:
+            self._do_shutdown()
+            return
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer._eof_in:
+            peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        peer = self.peer
+        if peer is not None and not peer._closed and peer.transport is not None:
+            if exc is not None:
+                peer.transport.abort()  # propagate a reset as a reset
+            else:
+                peer.transport.close()  # flushes what is buffered, then FIN
+        self._on_close(self, exc)
+
+    # -- half-close ---------------------------------------------------------------------
+    def half_close(self) -> None:
+        """Our peer sent EOF: send FIN on our socket once our write buffer is empty."""
+        t = self.transport
+        if t is None or self._eof_sent or self._eof_pending or t.is_closing():
+            return
+        if t.get_write_buffer_size() == 0:
+            self._do_shutdown()
+        else:
+            self._eof_pending = True
+            t.set_write_buffer_limits(high=0, low=0)  # resume_writing fires once drained
+
+    def _do_shutdown(self) -> None:
+        self._eof_pending = False
+        self._eof_sent = True
+        t = self.transport
+        if t is not None and not t.is_closing():
+            shutdown_write(t)
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        """Close both transports once both directions have ended (EOF in and FIN out)."""
+        peer = self.peer
+        if peer is None or not (self._eof_in and self._eof_sent and peer._eof_in
+                                and peer._eof_sent):
+            return
+        for side in (self, peer):
+            if side is not None and side.transport is not None and not side.transport.is_closing():
+                side.transport.close()
+
+
+def _no_count(n: int) -> None:
+    return None
+
+
+async def connect_relay(
+    conn: Connection,
+    address: tuple[str, int] | None,
+    *,
+    connect_timeout: float,
+    on_close: Callable[[Connection, BaseException | None], None],
+    before_relay: Callable[[], None] | None = None,
+) -> None:
+    """Connect to `address` and relay `conn`'s transport to it until both sides close.
+
+    The downstream transport must be paused (not reading) when this is called; any bytes
+    already read from it are in `conn.initial`. Raises `UpstreamConnectError` (the caller closes
+    the downstream and logs) if the upstream cannot be reached in time. `before_relay` runs
+    once the upstream is connected, before any byte is relayed (CONNECT's 200 goes there).
+    """
+    if address is None:
+        raise NoHealthyUpstream("no endpoint")
+    loop = asyncio.get_running_loop()
+    state: dict[str, Any] = {"closed": 0, "exc": None}  # shared by both sides' callbacks
+
+    def side_closed(side: TcpSide, exc: Exception | None) -> None:
+        if exc is not None and state["exc"] is None:
+            state["exc"] = exc
+        state["closed"] += 1
+        if state["closed"] == 2:
+            on_close(conn, state["exc"])
+
+    up = TcpSide(upstream=True, on_close=side_closed)
+    host, port = address
+    conn.upstream_addr = f"{host}:{port}"
+    try:
+        async with asyncio.timeout(connect_timeout):
+            await loop.create_connection(lambda: up, host, port)
+    except (OSError, TimeoutError) as exc:
+        raise UpstreamConnectError(f"{host}:{port}: {exc or 'connect timeout'}") from exc
+    down = TcpSide(upstream=False, on_close=side_closed)
+    down.peer = up
+    up.peer = down
+    stats = conn.stats
+
+    def count_rx(n: int) -> None:
+        stats.received += n
+
+    def count_tx(n: int) -> None:
+        stats.sent += n
+
+    down.count = count_rx
+    up.count = count_tx
+    dt = conn.transport
+    if dt.is_closing():
+        assert up.transport is not None
+        up.transport.close()
+        side_closed(down, None)
+        return
+    if before_relay is not None:
+        before_relay()
+    dt.set_protocol(down)
+    down.connection_made(dt)
+    if conn.initial:
+        down.data_received(conn.initial)
+        conn.initial = b""
+    dt.resume_reading()
