@@ -305,6 +305,11 @@ class Processes:
         if proc in self._procs:
             self._procs.remove(proc)
 
+    def stop_named(self, name: str) -> None:
+        """Stop every process started under `name` (a row that failed)."""
+        for proc in [p for p in self._procs if p.name == name]:
+            self.stop(proc)
+
     def stop_all(self) -> None:
         """Stop every process still running, newest first."""
         for proc in reversed(list(self._procs)):

@@ -33,6 +33,7 @@ __all__ = [
     "Goal",
     "compute_ratios",
     "fmt_latency",
+    "interference_notes",
     "median_of_runs",
     "render_goals",
     "render_report",
@@ -149,6 +150,31 @@ def summarize_rows(rows: list[Json]) -> None:
     ratios = compute_ratios(rows)
     for row in rows:
         row["ratios"] = ratios[row["name"]]
+
+
+def interference_notes(rows: Sequence[Mapping[str, Any]], threshold: float = 0.05) -> list[str]:
+    """A note per row where other programs took more than `threshold` of a pinned core
+    during one of its measurements (from each measurement's optional "interference")."""
+    notes: list[str] = []
+    for row in rows:
+        worst: dict[str, list[float]] = {"proxy_core_foreign": [], "load_core_foreign": []}
+        for run in row["runs"]:
+            for m in ("saturation", "fixed_rate"):
+                info = run[m].get("interference") or {}
+                for key, values in worst.items():
+                    if isinstance(info.get(key), int | float):
+                        values.append(float(info[key]))
+        parts = [
+            f"up to {max(values):.0%} of the {key.split('_')[0]} core "
+            f"(median {statistics.median(values):.0%})"
+            for key, values in worst.items()
+            if values and max(values) > threshold
+        ]
+        if parts:
+            notes.append(
+                f"{row['name']}: other programs took " + " and ".join(parts) + " during its runs"
+            )
+    return notes
 
 
 def _type_error(path: str, want: str, value: object) -> str:

@@ -16,10 +16,13 @@ figure is the median of the runs. A row is a small declaration in ROWS.
 from __future__ import annotations
 
 import argparse
+import http.client
 import importlib.metadata
 import json
 import os
 import platform
+import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -33,7 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from benchmarks import peers, report
+from benchmarks import machine, peers, report
 from benchmarks.wrkparse import WrkParseError, WrkResult, fixed_rate_lua, parse_wrk
 
 __all__ = ["ROWS", "Row", "Settings", "main"]
@@ -42,6 +45,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 README = ROOT / "benchmarks" / "README.md"
+
+
+MAX_ERROR_SHARE = 0.01
+"""A row with more failed requests than this share in one run is failed, not reported."""
 
 
 class BenchError(RuntimeError):
@@ -62,6 +69,7 @@ class Settings:
     warmup_s: float = 2.0
     load_core: int = 0
     proxy_core: int = 1
+    settle_s: float = 5.0  # at most this long, wait for quiet cores before each measurement
 
 
 @dataclass(slots=True)
@@ -291,9 +299,18 @@ def _version(argv: list[str]) -> str:
     return lines[0].strip() if lines else "unknown"
 
 
+def _pymesh_version() -> str:
+    try:
+        text = (SRC / "pymesh" / "_version.py").read_text()
+    except OSError:
+        return "unknown"
+    found = re.search(r"""__version__\s*=\s*["']([^"']+)["']""", text)
+    return found.group(1) if found else "unknown"
+
+
 def tool_versions() -> dict[str, str]:
-    """First line of `haproxy -v`, `nginx -v`, `wrk -v`."""
-    out: dict[str, str] = {}
+    """First line of `haproxy -v`, `nginx -v`, `wrk -v`; pymesh's version in this tree."""
+    out: dict[str, str] = {"pymesh": _pymesh_version()}
     for name, flag in (("haproxy", "-v"), ("nginx", "-v"), ("wrk", "-v")):
         try:
             out[name] = _version([_tool(name), flag])
@@ -388,17 +405,41 @@ def _measurement(result: WrkResult, cpu_s: float | None) -> dict[str, Any]:
     return m
 
 
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _foreign(busy: float | None, ours: float, wall: float) -> float | None:
+    return None if busy is None or wall <= 0 else max(0.0, busy - ours) / wall
+
+
 def measure_once(
     target: Target,
     *,
     settings: Settings,
+    backend: peers.Proc,
     duration_s: float,
     connections: int,
     headers: Sequence[str],
     script: Path | None = None,
 ) -> dict[str, Any]:
-    """One wrk run with the proxy's CPU time read before and after."""
+    """One wrk run with the proxy's CPU time read before and after.
+
+    First waits (bounded by settings.settle_s) for both cores to be quiet; records in
+    "interference" how much CPU other programs took from each core during the run (in
+    cores: 0.05 = 5 % of one core).
+    """
+    waited, idle_share = (
+        machine.wait_quiet((settings.load_core, settings.proxy_core), max_wait_s=settings.settle_s)
+        if settings.settle_s > 0
+        else (0.0, None)
+    )
     proc = target.proc
+    ticks0 = machine.read_core_ticks()
+    own0, kids0 = time.process_time(), _children_cpu_s()
+    backend0 = peers.process_cpu_seconds(backend.pid)
+    wall0 = time.monotonic()
     before = peers.process_cpu_seconds(proc.pid) if proc is not None else None
     try:
         result = run_wrk(
@@ -417,22 +458,47 @@ def measure_once(
         if proc is not None and before is not None
         else None
     )
-    return _measurement(result, cpu)
+    wall = time.monotonic() - wall0
+    ticks1 = machine.read_core_ticks()
+    load_ours = (
+        (time.process_time() - own0)
+        + (_children_cpu_s() - kids0)
+        + (peers.process_cpu_seconds(backend.pid) - backend0)
+    )
+    m = _measurement(result, cpu)
+    shared = settings.load_core == settings.proxy_core
+    m["interference"] = {
+        "settle_wait_s": round(waited, 3),
+        "busy_before": idle_share,
+        "load_core_foreign": None
+        if shared
+        else _foreign(machine.busy_seconds(ticks0, ticks1, settings.load_core), load_ours, wall),
+        "proxy_core_foreign": None
+        if shared
+        else _foreign(machine.busy_seconds(ticks0, ticks1, settings.proxy_core), cpu or 0.0, wall),
+    }
+    return m
 
 
 def check_target(target: Target) -> None:
     """One GET through the target must return nginx's 200 and 100-byte body."""
+    problem: str | None = None
     try:
         reply = peers.http_get(target.port, "/", timeout=5.0)
-    except OSError as exc:
-        raise BenchError(f"GET / through the proxy failed: {exc}") from exc
-    if reply.status != 200 or reply.body != peers.BODY.encode():
-        cause = reply.headers.get("x-pymesh-error", "")
-        raise BenchError(
-            f"GET / through the proxy: status {reply.status}"
-            + (f" (x-pymesh-error: {cause})" if cause else "")
-            + f", body {reply.body[:80]!r}"
-        )
+    except (OSError, http.client.HTTPException) as exc:
+        problem = f"GET / through the proxy failed: {type(exc).__name__}: {exc}"
+    else:
+        if reply.status != 200 or reply.body != peers.BODY.encode():
+            cause = reply.headers.get("x-pymesh-error", "")
+            problem = (
+                f"GET / through the proxy: status {reply.status}"
+                + (f" (x-pymesh-error: {cause})" if cause else "")
+                + f", body {reply.body[:80]!r}"
+            )
+    if problem is not None:
+        time.sleep(0.2)  # let the proxy's last words reach its log
+        tail = target.proc.tail() if target.proc is not None else ""
+        raise BenchError(problem + (f"; proxy log tail:\n{tail}" if tail else ""))
 
 
 def _peer_doc(peer: Peer) -> dict[str, Any]:
@@ -463,7 +529,20 @@ def _fmt_run(m: dict[str, Any]) -> str:
         f"p99 {report.fmt_latency(m['percentiles_us']['99']):>9}"
         + (f"  {cpu:6.1f} µs/req" if cpu is not None else "")
         + (f"  ⚠ {m['errors']} errors" if m["errors"] else "")
+        + _fmt_interference(m.get("interference") or {})
     )
+
+
+def _fmt_interference(info: dict[str, Any]) -> str:
+    parts = [
+        f"{name} core {share:.0%}"
+        for name, key in (("proxy", "proxy_core_foreign"), ("load", "load_core_foreign"))
+        if (share := info.get(key)) is not None and share > 0.05
+    ]
+    waited = info.get("settle_wait_s") or 0.0
+    if waited > 1.0:
+        parts.append(f"waited {waited:.0f}s for quiet")
+    return f"  (other programs: {', '.join(parts)})" if parts else ""
 
 
 def _say(text: str) -> None:
@@ -514,6 +593,7 @@ def run_benchmark(rows: Sequence[Row], settings: Settings) -> dict[str, Any]:
             except (peers.StartError, BenchError, OSError) as exc:
                 doc["status"], doc["note"] = "failed", f"did not start: {exc}"
                 _say(f"FAIL  {row.name}: {doc['note']}")
+                procs.stop_named(row.name)
                 continue
             started[row.name] = target
             pid = f" pid {target.proc.pid}" if target.proc else ""
@@ -525,6 +605,7 @@ def run_benchmark(rows: Sequence[Row], settings: Settings) -> dict[str, Any]:
                 sat = measure_once(
                     target,
                     settings=settings,
+                    backend=nginx,
                     duration_s=settings.duration_s,
                     connections=settings.connections,
                     headers=row.headers,
@@ -533,18 +614,25 @@ def run_benchmark(rows: Sequence[Row], settings: Settings) -> dict[str, Any]:
                 fixed = measure_once(
                     target,
                     settings=settings,
+                    backend=nginx,
                     duration_s=settings.rate_duration_s,
                     connections=settings.rate_connections,
                     headers=row.headers,
                     script=script,
                 )
                 _say(f"{label} {row.name:<24} fixed rate {_fmt_run(fixed)}")
+                doc["runs"].append({"saturation": sat, "fixed_rate": fixed})
+                for kind, m in (("saturation", sat), ("fixed rate", fixed)):
+                    if m["errors"] > MAX_ERROR_SHARE * max(1, m["requests"]):
+                        raise BenchError(
+                            f"{m['errors']} errors (socket errors or non-2xx/3xx) in "
+                            f"{m['requests']} requests, {kind} run {len(doc['runs'])}"
+                        )
             except BenchError as exc:
                 doc["status"], doc["note"] = "failed", str(exc)
                 _say(f"FAIL  {row.name}: {exc}")
                 del started[row.name]
-                return
-            doc["runs"].append({"saturation": sat, "fixed_rate": fixed})
+                procs.stop_named(row.name)
 
         if settings.warmup_s > 0:
             for row in rows:
@@ -569,6 +657,7 @@ def run_benchmark(rows: Sequence[Row], settings: Settings) -> dict[str, Any]:
     load_after = os.getloadavg()
     rows_out = [docs[row.name] for row in rows]
     report.summarize_rows(rows_out)
+    notes += report.interference_notes(rows_out)
     if load_before[0] > 0.5:
         notes.append(
             f"machine not idle at start (load average {load_before[0]:.2f}): figures may be noisy"
@@ -664,6 +753,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="3 s runs, 1 s warm-up")
     p.add_argument("--load-core", type=int, default=0, help="core of wrk and nginx (0)")
     p.add_argument("--proxy-core", type=int, default=1, help="core of the proxy under test (1)")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="before each measurement wait up to S s for both cores to be quiet (5; 0: never)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the JSON goes")
     readme = p.add_mutually_exclusive_group()
     readme.add_argument(
@@ -701,6 +797,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         warmup_s=warmup,
         load_core=args.load_core,
         proxy_core=args.proxy_core,
+        settle_s=max(0.0, args.settle),
     )
 
 

@@ -59,28 +59,69 @@ def _add_proxy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         epilog=_EPILOG_PROXY,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", metavar="FILE_OR_DIR", action="append", required=True,
-                   help="mesh config (repeatable)")
-    p.add_argument("--service", required=True, metavar="NAME",
-                   help="the service this sidecar serves: NAME or NAMESPACE/NAME")
-    p.add_argument("--inbound", default="127.0.0.1:15006", metavar="HOST:PORT",
-                   help="inbound listener (default %(default)s)")
-    p.add_argument("--outbound", default="127.0.0.1:15001", metavar="HOST:PORT",
-                   help="outbound listener (default %(default)s)")
-    p.add_argument("--admin", default="127.0.0.1:15000", metavar="HOST:PORT",
-                   help="admin endpoint (default %(default)s)")
-    p.add_argument("--app", action="append", default=[], metavar="[SERVICEPORT=]HOST:PORT",
-                   help="the local application; SERVICEPORT=HOST:PORT per port (repeatable)")
-    p.add_argument("--identity-dir", metavar="DIR",
-                   help="cert.pem, key.pem, bundle.pem for mTLS (standalone mode)")
-    p.add_argument("--http1-codec", choices=("httptools", "h11"), default="httptools",
-                   help="HTTP/1.1 codec (default %(default)s; h11 is pure Python)")
-    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
-                   help="event loop (default %(default)s)")
-    p.add_argument("--drain-timeout", type=float, default=15.0, metavar="SECONDS",
-                   help="on SIGTERM, how long in-flight requests may finish (default %(default)s)")
-    p.add_argument("--log-level", default="info",
-                   choices=("debug", "info", "warning", "error"))
+    p.add_argument(
+        "--config",
+        metavar="FILE_OR_DIR",
+        action="append",
+        required=True,
+        help="mesh config (repeatable)",
+    )
+    p.add_argument(
+        "--service",
+        required=True,
+        metavar="NAME",
+        help="the service this sidecar serves: NAME or NAMESPACE/NAME",
+    )
+    p.add_argument(
+        "--inbound",
+        default="127.0.0.1:15006",
+        metavar="HOST:PORT",
+        help="inbound listener (default %(default)s)",
+    )
+    p.add_argument(
+        "--outbound",
+        default="127.0.0.1:15001",
+        metavar="HOST:PORT",
+        help="outbound listener (default %(default)s)",
+    )
+    p.add_argument(
+        "--admin",
+        default="127.0.0.1:15000",
+        metavar="HOST:PORT",
+        help="admin endpoint (default %(default)s)",
+    )
+    p.add_argument(
+        "--app",
+        action="append",
+        default=[],
+        metavar="[SERVICEPORT=]HOST:PORT",
+        help="the local application; SERVICEPORT=HOST:PORT per port (repeatable)",
+    )
+    p.add_argument(
+        "--identity-dir",
+        metavar="DIR",
+        help="cert.pem, key.pem, bundle.pem for mTLS (standalone mode)",
+    )
+    p.add_argument(
+        "--http1-codec",
+        choices=("httptools", "h11"),
+        default="httptools",
+        help="HTTP/1.1 codec (default %(default)s; h11 is pure Python)",
+    )
+    p.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="event loop (default %(default)s)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="on SIGTERM, how long in-flight requests may finish (default %(default)s)",
+    )
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--no-access-log", action="store_true", help="disable the access log")
 
 
@@ -111,12 +152,23 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         epilog=_EPILOG_DEMO,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--duration", type=float, default=20.0, metavar="SECONDS",
-                   help="how long to run (default %(default)s)")
-    p.add_argument("--rate", type=float, default=50.0, metavar="RPS",
-                   help="client requests per second (default %(default)s)")
-    p.add_argument("--config", metavar="FILE_OR_DIR",
-                   help="another mesh to demo instead of the bundled one")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="how long to run (default %(default)s)",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=50.0,
+        metavar="RPS",
+        help="client requests per second (default %(default)s)",
+    )
+    p.add_argument(
+        "--config", metavar="FILE_OR_DIR", help="another mesh to demo instead of the bundled one"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -106,8 +106,9 @@ class ProxyError(PymeshError):
     code: str = "internal_error"
     http_status: int = 500
 
-    def __init__(self, detail: str = "", *, code: str | None = None,
-                 http_status: int | None = None) -> None:
+    def __init__(
+        self, detail: str = "", *, code: str | None = None, http_status: int | None = None
+    ) -> None:
         super().__init__(detail or self.code)
         self.detail = detail
         if code is not None:

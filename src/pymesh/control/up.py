@@ -52,7 +52,7 @@ import yaml
 from pymesh.errors import ConfigError, FieldError, PymeshError
 from pymesh.policy.model import DEFAULT_NAMESPACE, Resource, ServiceSpec
 from pymesh.policy.snapshot import Mesh
-from pymesh.runtime import LoopName, install_signal_handlers, run_loop, spawn
+from pymesh.runtime import LoopName, install_signal_handlers, run_loop
 
 __all__ = [
     "HTTP_ERRORS",
@@ -343,43 +343,45 @@ def command_env(
 
 def _plan(mesh: Mesh, host: str) -> list[ServiceRuntime]:
     """Addresses for every Service; `ConfigError` for what `pymesh up` cannot run."""
+    services = mesh.of_kind("Service")
+    meshed_ports = {
+        (r.namespace, r.name): [p.port for p in r.spec.ports] or [0]
+        for r in services
+        if r.spec.meshed
+    }
+    # One call, so no port is handed out twice.
+    free = iter(_free_ports(host, sum(3 + len(sp) for sp in meshed_ports.values())))
+    chost = _connect_host(host)
     errors: list[FieldError] = []
     plans: list[ServiceRuntime] = []
-    chost = _connect_host(host)
-    for res in mesh.of_kind("Service"):
+    for res in services:
         spec: ServiceSpec = res.spec
-        if not spec.meshed:
-            app = (spec.endpoints[0].address, spec.endpoints[0].port) if spec.endpoints else None
-            if spec.command and app is None:
-                errors.append(
-                    _field_error(
-                        res,
-                        "spec.endpoints",
-                        "a service with meshed: false "
-                        "and a command needs an endpoint (where its command "
-                        "listens: PORT)",
-                    )
-                )
-            apps = tuple((p.port, app) for p in spec.ports) if app else ()
+        if spec.meshed:
+            apps = tuple((sp, (chost, next(free))) for sp in meshed_ports[res.namespace, res.name])
             plans.append(
                 ServiceRuntime(
-                    name=res.name, namespace=res.namespace, meshed=False, app=app, apps=apps
+                    name=res.name,
+                    namespace=res.namespace,
+                    meshed=True,
+                    app=apps[0][1],
+                    apps=apps,
+                    inbound=(chost, next(free)),
+                    outbound=(chost, next(free)),
+                    admin=(chost, next(free)),
                 )
             )
             continue
-        service_ports = [p.port for p in spec.ports] or [0]
-        ports = _free_ports(host, 3 + len(service_ports))
-        apps = tuple((sp, (chost, p)) for sp, p in zip(service_ports, ports[3:], strict=True))
+        app = (spec.endpoints[0].address, spec.endpoints[0].port) if spec.endpoints else None
+        if spec.command and app is None:
+            why = "meshed: false with a command needs an endpoint (where the command listens)"
+            errors.append(_field_error(res, "spec.endpoints", why))
         plans.append(
             ServiceRuntime(
                 name=res.name,
                 namespace=res.namespace,
-                meshed=True,
-                app=apps[0][1],
-                apps=apps,
-                inbound=(chost, ports[0]),
-                outbound=(chost, ports[1]),
-                admin=(chost, ports[2]),
+                meshed=False,
+                app=app,
+                apps=tuple((p.port, app) for p in spec.ports) if app else (),
             )
         )
     if errors:
@@ -638,10 +640,9 @@ class LocalMesh:
         """Wait until any child exits (none should, until `stop()`) and say which."""
         if not self._children:
             await asyncio.Event().wait()  # nothing to watch: wait to be cancelled
-        waits = {spawn(c.process.wait(), name=f"wait {c.label}") for c in self._children}
-        try:
+        async with asyncio.TaskGroup() as tg:
+            waits = [tg.create_task(c.process.wait()) for c in self._children]
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
             for w in waits:
                 w.cancel()
         return next(self._exited())
@@ -707,45 +708,44 @@ async def supervise(
 ) -> int:
     """Start `mesh`, run `main(services)`, stop `mesh`; return the exit status.
 
-    `main`'s result is the status, unless SIGINT/SIGTERM comes first (0: `main` is cancelled)
-    or a child exits (1, said on stderr). A config error or a failed start is 1, its errors
-    on stderr.
+    `main`'s result is the status, unless SIGINT/SIGTERM comes first (0: start-up or `main`
+    is cancelled) or a child exits (1, said on stderr). A config error or a failed start is
+    1, its errors on stderr. Must run as the loop's main task (it installs signal handlers).
     """
-    stop = asyncio.Event()
-    install_signal_handlers(lambda sig: stop.set())
-    tasks: list[asyncio.Task[Any]] = []
+    current = asyncio.current_task()
+    assert current is not None
+    stopping = False
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal stopping
+        if not stopping:  # a second signal does not interrupt the clean-up
+            stopping = True
+            current.cancel()
+
+    install_signal_handlers(on_signal)
     try:
-        stopped = spawn(stop.wait(), name=f"{prog}: signal")
-        starting = spawn(mesh.start(), name=f"{prog}: start")
-        tasks += (stopped, starting)
-        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if not starting.done():  # a signal during start-up: start() cleans up when cancelled
-            return 0
-        try:
-            services = starting.result()
-        except ConfigError as exc:
-            for err in exc.errors:
-                print(err, file=sys.stderr)
-            return 1
-        except MeshStartError as exc:
-            print(f"{prog}: {exc}", file=sys.stderr)
-            return 1
-        running = spawn(main(services), name=f"{prog}: main")
-        exited = spawn(mesh.wait_exit(), name=f"{prog}: supervise")
-        tasks += (running, exited)
-        await asyncio.wait({running, exited, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if running.done():
+        services = await mesh.start()
+        async with asyncio.TaskGroup() as tg:
+            running = tg.create_task(main(services), name=f"{prog}: main")
+            exited = tg.create_task(mesh.wait_exit(), name=f"{prog}: supervise")
+            await asyncio.wait({running, exited}, return_when=asyncio.FIRST_COMPLETED)
+            (exited if running.done() else running).cancel()
+        if running.done() and not running.cancelled():
             return running.result()
-        if exited.done():
-            print(f"{prog}: {exited.result()}; stopping everything", file=sys.stderr)
-            return 1
-        return 0
+        print(f"{prog}: {exited.result()}; stopping everything", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        for err in exc.errors:
+            print(err, file=sys.stderr)
+        return 1
+    except MeshStartError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    except asyncio.CancelledError:
+        if stopping:
+            return 0
+        raise
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, PymeshError):
-                await task
         await mesh.stop()
 
 

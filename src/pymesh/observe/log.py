@@ -167,7 +167,7 @@ def _dumps(obj: Any, **_kw: Any) -> str:
 
 def configure_logging(
     level: str = "info",
-    json: bool = True,  # noqa: A002  # the brief's name; shadows the module in here only
+    json: bool = True,  # shadows nothing: the json module is imported as _json
     stream: TextIO | None = None,
 ) -> None:
     """Configure structlog for a pymesh process.
@@ -225,5 +225,5 @@ def access_logger() -> FilteringBoundLogger:
     """
     logger = get_logger(ACCESS_LOGGER)
     if _current is not None and structlog.get_config()["processors"] is _PROCESSORS:
-        return cast(FilteringBoundLogger, logger.bind())
+        return logger.bind()
     return logger

@@ -14,7 +14,8 @@ Invariants:
 * Cardinality is bounded: at most ``max_series`` label sets per metric (default 10,000).
   An update for a label set beyond the cap goes to one overflow series whose label values
   are all ``"overflow"``, and ``pymesh_metrics_dropped_series_total{metric=NAME}`` counts
-  each such diverted update. Label sets admitted before the cap keep working normally.
+  each such diverted update (a ``child`` made for such a label set counts once, when made).
+  Label sets admitted before the cap keep working normally.
 * Counter names end in ``_total`` and are exposed exactly as named (the ``# TYPE`` line
   names the ``*_total`` family, as prometheus_client does for the 0.0.4 text format).
 
@@ -29,7 +30,8 @@ import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final, TypeAlias, TypeVar, cast, final
+from itertools import pairwise
+from typing import Final, TypeAlias, TypeVar, final
 
 from pymesh.observe.log import get_logger
 
@@ -72,8 +74,6 @@ SampleSource: TypeAlias = Callable[[], Iterable[tuple[LabelValues, float]]]
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
-
-_log = get_logger("pymesh.metrics")
 
 
 # --- Istio-compatible series (DESIGN.md §3) -------------------------------------------------
@@ -146,7 +146,9 @@ def _fmt_value(v: float) -> str:
 
 
 def _escape_label(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    if "\\" in v or '"' in v or "\n" in v:
+        return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return v
 
 
 def _escape_help(v: str) -> str:
@@ -168,7 +170,15 @@ def _braced(labels: str) -> str:
 class _Metric:
     """State shared by every metric kind: identity, series table and the cardinality cap."""
 
-    __slots__ = ("_max_series", "_on_overflow", "_overflow_key", "_series", "help", "labelnames", "name")
+    __slots__ = (
+        "_max_series",
+        "_on_overflow",
+        "_overflow_key",
+        "_series",
+        "help",
+        "labelnames",
+        "name",
+    )
 
     kind: str = ""
 
@@ -208,7 +218,7 @@ class _Metric:
                 f"{self.labelnames}, got {labelvalues!r}"
             )
         for v in labelvalues:
-            if type(v) is not str:
+            if not isinstance(v, str):
                 raise TypeError(f"{self.name}: label values must be str, got {labelvalues!r}")
         if len(series) >= self._max_series:
             if self._on_overflow is not None:
@@ -225,12 +235,11 @@ class _Metric:
         """Number of label sets currently held (the overflow series included)."""
         return len(self._series)
 
-    def clear(self) -> None:
-        """Forget every series (e.g. when a listener goes away)."""
-        self._series.clear()
-
     def _render(self, out: list[str]) -> None:
-        raise NotImplementedError
+        """Append the sample lines (single-value cells: counters and gauges)."""
+        name, names = self.name, self.labelnames
+        for lv, cell in list(self._series.items()):
+            out.append(f"{name}{_braced(_label_str(names, lv))} {_fmt_value(cell[0])}\n")
 
 
 @final
@@ -278,11 +287,6 @@ class Counter(_Metric):
         """The current value of a series (0 if never updated). For tests and admin views."""
         cell = self._series.get(labelvalues)
         return 0.0 if cell is None else cell[0]
-
-    def _render(self, out: list[str]) -> None:
-        name, names = self.name, self.labelnames
-        for lv, cell in self._series.items():
-            out.append(f"{name}{_braced(_label_str(names, lv))} {_fmt_value(cell[0])}\n")
 
 
 @final
@@ -353,11 +357,6 @@ class Gauge(_Metric):
         cell = self._series.get(labelvalues)
         return 0.0 if cell is None else cell[0]
 
-    def _render(self, out: list[str]) -> None:
-        name, names = self.name, self.labelnames
-        for lv, cell in self._series.items():
-            out.append(f"{name}{_braced(_label_str(names, lv))} {_fmt_value(cell[0])}\n")
-
 
 @final
 class HistogramChild:
@@ -403,10 +402,13 @@ class Histogram(_Metric):
         return (self.kind, self.help, self.labelnames, self.buckets)
 
     def _new_cell(self) -> list[float]:
-        return [0.0] * (len(self.buckets) + 2)
+        # Integer counts (exact, and formatted without a float round trip), float sum.
+        cell: list[float] = [0] * (len(self.buckets) + 1)
+        cell.append(0.0)
+        return cell
 
     def observe(self, labelvalues: LabelValues, value: float) -> None:
-        """Record ``value`` in the series ``labelvalues``."""
+        """Record ``value`` (a number, not NaN) in the series ``labelvalues``."""
         try:
             cell = self._series[labelvalues]
         except KeyError:
@@ -422,7 +424,7 @@ class Histogram(_Metric):
         """(cumulative bucket counts incl. +Inf, sum, count) of a series. For tests."""
         cell = self._series.get(labelvalues) or self._new_cell()
         cumulative: list[float] = []
-        acc = 0.0
+        acc: float = 0
         for c in cell[:-1]:
             acc += c
             cumulative.append(acc)
@@ -432,16 +434,16 @@ class Histogram(_Metric):
         name, names = self.name, self.labelnames
         les = [f'le="{_fmt_value(b)}"' for b in self.buckets]
         les.append('le="+Inf"')
-        for lv, cell in self._series.items():
+        for lv, cell in list(self._series.items()):
             labels = _label_str(names, lv)
             prefix = f"{name}_bucket{{{labels}," if labels else f"{name}_bucket{{"
-            acc = 0.0
+            acc: float = 0
             for le, c in zip(les, cell, strict=False):
                 acc += c
-                out.append(f"{prefix}{le}}} {_fmt_value(acc)}\n")
+                out.append(f"{prefix}{le}}} {acc}\n")
             braced = _braced(labels)
             out.append(f"{name}_sum{braced} {_fmt_value(cell[-1])}\n")
-            out.append(f"{name}_count{braced} {_fmt_value(acc)}\n")
+            out.append(f"{name}_count{braced} {acc}\n")
 
 
 @final
@@ -476,7 +478,7 @@ class GaugeCallback(_Metric):
                     break
                 lines.append(f"{name}{_braced(_label_str(names, lv))} {_fmt_value(value)}\n")
         except Exception:
-            _log.exception("metrics_callback_failed", metric=name)
+            get_logger("pymesh.metrics").exception("metrics_callback_failed", metric=name)
             return
         out.extend(lines)
 
@@ -523,7 +525,7 @@ class MetricsRegistry:
         existing = self._metrics.get(name)
         if existing is not None:
             if type(existing) is type(metric) and existing._identity() == metric._identity():
-                return cast("_M", existing)
+                return existing  # narrowed to _M by the type() check
             raise ValueError(f"metric {name!r} is already registered with another definition")
         # A histogram's _bucket/_sum/_count (or a counter family) must not collide either.
         for other in self._metrics.values():
@@ -562,9 +564,8 @@ class MetricsRegistry:
         max_series: int | None = None,
     ) -> Gauge:
         """Register (or fetch) a gauge."""
-        return self._register(
-            Gauge(name, help, tuple(labelnames), self.max_series if max_series is None else max_series, self._note_overflow)
-        )
+        cap = self.max_series if max_series is None else max_series
+        return self._register(Gauge(name, help, tuple(labelnames), cap, self._note_overflow))
 
     def histogram(
         self,
@@ -580,7 +581,7 @@ class MetricsRegistry:
         bounds = tuple(float(b) for b in buckets)
         if not bounds or any(not math.isfinite(b) for b in bounds):
             raise ValueError(f"{name}: buckets must be finite and non-empty")
-        if any(a >= b for a, b in zip(bounds, bounds[1:], strict=False)):
+        if any(a >= b for a, b in pairwise(bounds)):
             raise ValueError(f"{name}: buckets must be strictly increasing")
         if "le" in labelnames:
             raise ValueError(f"{name}: 'le' is reserved in histograms")
@@ -623,7 +624,8 @@ class MetricsRegistry:
             out.append(f"# HELP {metric.name} {_escape_help(metric.help)}\n")
             out.append(f"# TYPE {metric.name} {metric.kind}\n")
             metric._render(out)
-        return "".join(out).encode("utf-8")
+        # "replace": a lone surrogate in a label value must not break every scrape.
+        return "".join(out).encode("utf-8", "replace")
 
 
 def _family_names(metric: _Metric) -> set[str]:
@@ -671,7 +673,8 @@ def mesh_metrics(registry: MetricsRegistry) -> MeshMetrics:
     r = registry
     return MeshMetrics(
         requests_total=r.counter(
-            "istio_requests_total", "Requests handled, by source, destination and outcome.",
+            "istio_requests_total",
+            "Requests handled, by source, destination and outcome.",
             REQUEST_LABELS,
         ),
         request_duration_ms=r.histogram(
@@ -681,15 +684,20 @@ def mesh_metrics(registry: MetricsRegistry) -> MeshMetrics:
             DURATION_BUCKETS_MS,
         ),
         request_bytes=r.histogram(
-            "istio_request_bytes", "Request size (headers and body) in bytes.",
-            REQUEST_LABELS, BYTES_BUCKETS,
+            "istio_request_bytes",
+            "Request size (headers and body) in bytes.",
+            REQUEST_LABELS,
+            BYTES_BUCKETS,
         ),
         response_bytes=r.histogram(
-            "istio_response_bytes", "Response size (headers and body) in bytes.",
-            REQUEST_LABELS, BYTES_BUCKETS,
+            "istio_response_bytes",
+            "Response size (headers and body) in bytes.",
+            REQUEST_LABELS,
+            BYTES_BUCKETS,
         ),
         tcp_sent_bytes=r.counter(
-            "istio_tcp_sent_bytes_total", "Bytes sent to the downstream on TCP connections.",
+            "istio_tcp_sent_bytes_total",
+            "Bytes sent to the downstream on TCP connections.",
             TCP_LABELS,
         ),
         tcp_received_bytes=r.counter(

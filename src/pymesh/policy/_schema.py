@@ -42,6 +42,7 @@ from pymesh.errors import FieldError
 
 __all__ = [
     "INVALID",
+    "Check",
     "Cx",
     "Duration",
     "Len",
@@ -110,7 +111,7 @@ class Cx:
     def error(self, where: Node | int, path: str, message: str) -> None:
         """Record one error at a node (its line) or at an explicit 1-based line."""
         line = where if isinstance(where, int) else line_of(where)
-        one_line = " ".join(message.split("\n"))
+        one_line = " ".join(message.splitlines())  # every kind of line break
         self.errors.append(FieldError(self.file, line, self.resource, path or "-", one_line))
 
 
@@ -120,10 +121,19 @@ def line_of(node: Node) -> int:
 
 
 def join(path: str, key: PathToken) -> str:
-    """Extend a field path with a key (`spec.ports`) or an index (`spec.ports[0]`)."""
+    """Extend a field path with a key (`spec.ports`) or an index (`spec.ports[0]`).
+
+    A key with whitespace, control characters or quotes is JSON-quoted (spaces as \\u0020),
+    so that a path is always one word of one line.
+    """
     if isinstance(key, int):
         return f"{path}[{key}]"
+    if not key or _PLAIN_KEY.fullmatch(key) is None:
+        key = json.dumps(key).replace(" ", "\\u0020")
     return f"{path}.{key}" if path else key
+
+
+_PLAIN_KEY: Final = re.compile(r"[^\s\"\\\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 def format_path(path: str, tokens: Iterable[PathToken]) -> str:
@@ -168,9 +178,9 @@ def is_null(node: Node) -> bool:
 def describe(node: Node) -> str:
     """What a node is, for "got ..." in messages."""
     if isinstance(node, MappingNode):
-        return "a mapping"
+        return "a mapping" if node.tag == TAG_MAP else f"a mapping tagged {node.tag}"
     if isinstance(node, SequenceNode):
-        return "a list"
+        return "a list" if node.tag == TAG_SEQ else f"a list tagged {node.tag}"
     tag, text = node.tag, str(node.value)
     if tag == TAG_STR:
         return f"string {quote(text)}"
@@ -179,7 +189,9 @@ def describe(node: Node) -> str:
     if tag == TAG_FLOAT:
         return f"number {text}"
     if tag == TAG_BOOL:
-        return f"boolean {text}"
+        if text.lower() in ("true", "false"):
+            return f"boolean {text}"
+        return f"boolean {text} (YAML 1.1 reads {text} as a boolean; quote it for a string)"
     if tag == TAG_NULL:
         return "null"
     if tag == "tag:yaml.org,2002:timestamp":
@@ -192,7 +204,7 @@ def _int_value(node: ScalarNode) -> int | None:
         value = _CONSTRUCTOR.construct_yaml_int(node)
     except (ValueError, TypeError, yaml.YAMLError):
         return None
-    return value if isinstance(value, int) else None
+    return value
 
 
 def _float_value(node: ScalarNode) -> float | None:
@@ -200,7 +212,7 @@ def _float_value(node: ScalarNode) -> float | None:
         value = _CONSTRUCTOR.construct_yaml_float(node)
     except (ValueError, TypeError, yaml.YAMLError):
         return None
-    return value if isinstance(value, float) else None
+    return value
 
 
 def _bool_value(node: ScalarNode) -> bool | None:
@@ -208,7 +220,7 @@ def _bool_value(node: ScalarNode) -> bool | None:
         value = _CONSTRUCTOR.construct_yaml_bool(node)
     except (ValueError, TypeError, KeyError, yaml.YAMLError):
         return None
-    return value if isinstance(value, bool) else None
+    return value
 
 
 def mapping_items(node: MappingNode, path: str, cx: Cx) -> dict[str, tuple[Node, Node]]:
@@ -220,19 +232,24 @@ def mapping_items(node: MappingNode, path: str, cx: Cx) -> dict[str, tuple[Node,
     out: dict[str, tuple[Node, Node]] = {}
     for k, v in node.value:
         if isinstance(k, ScalarNode) and k.tag == TAG_MERGE:
-            cx.error(k, join(path, "<<"), "YAML merge keys are not supported (expected the "
-                     "fields written out)")
+            cx.error(
+                k,
+                join(path, "<<"),
+                "YAML merge keys are not supported (expected the fields written out)",
+            )
             continue
         if not (isinstance(k, ScalarNode) and k.tag == TAG_STR):
             shown = str(k.value) if isinstance(k, ScalarNode) else "?"
-            cx.error(k, join(path, shown), f"invalid field name: {describe(k)} (expected a "
-                     "string)")
+            cx.error(k, join(path, shown), f"invalid field name: {describe(k)} (expected a string)")
             continue
         key: str = k.value
         if key in out:
             first = line_of(out[key][0])
-            cx.error(k, join(path, key), f"repeated field, first at line {first} (expected "
-                     "each field once)")
+            cx.error(
+                k,
+                join(path, key),
+                f"repeated field, first at line {first} (expected each field once)",
+            )
             continue
         out[key] = (k, v)
     return out
@@ -291,8 +308,10 @@ class Pattern:
 
     def problem(self, value: str) -> str | None:
         if self.max_len is not None and len(value) > self.max_len:
-            return f"{quote(value)} is {len(value)} characters long (expected {self.expected}, " \
+            return (
+                f"{quote(value)} is {len(value)} characters long (expected {self.expected}, "
                 f"at most {self.max_len} characters)"
+            )
         if _compiled(self.regex).fullmatch(value) is None:
             return f"invalid value {quote(value)} (expected {self.expected})"
         return None
@@ -301,6 +320,14 @@ class Pattern:
 @cache
 def _compiled(regex: str) -> re.Pattern[str]:
     return re.compile(regex)
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """A string test: `test(value)` returns the problem (with "(expected ...)") or None."""
+
+    test: Callable[[str], str | None]
+    expected: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,16 +372,26 @@ def re2_problem(pattern: str) -> str | None:
         raw = exc.args[0] if exc.args else "invalid"
         reason = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
         reason = reason.split(": ", 1)[0]
-        return f"invalid RE2 regex {quote(pattern)}: {reason} (expected RE2 syntax, " \
+        return (
+            f"invalid RE2 regex {quote(pattern)}: {reason} (expected RE2 syntax, "
             "see https://github.com/google/re2/wiki/Syntax)"
+        )
     except (TypeError, ValueError) as exc:  # e.g. lone surrogates
         return f"invalid RE2 regex {quote(pattern)}: {exc} (expected RE2 syntax)"
     return None
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT_S: Final = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0,
-                  "m": 60.0, "h": 3600.0}
+_UNIT_S: Final = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
 DURATION_EXPECTED: Final = "a duration such as 250ms, 1.5s, 5m or 1h30m"
 
 
@@ -390,11 +427,15 @@ class Conv:
 
 
 class StrConv(Conv):
-    __slots__ = ("expected", "length", "pattern", "regex")
+    __slots__ = ("check", "expected", "length", "pattern", "regex")
 
-    def __init__(self, pattern: Pattern | None, regex: bool, length: Len | None) -> None:
-        self.pattern, self.regex, self.length = pattern, regex, length
-        if pattern is not None:
+    def __init__(
+        self, pattern: Pattern | None, regex: bool, length: Len | None, check: Check | None = None
+    ) -> None:
+        self.pattern, self.regex, self.length, self.check = pattern, regex, length, check
+        if check is not None:
+            self.expected = check.expected
+        elif pattern is not None:
             self.expected = pattern.expected
         elif regex:
             self.expected = "an RE2 regular expression"
@@ -412,12 +453,16 @@ class StrConv(Conv):
             if len(value) < self.length.lo:
                 problem = f"empty string (expected {self.expected})"
             elif self.length.hi is not None and len(value) > self.length.hi:
-                problem = f"{quote(value)} is {len(value)} characters long (expected at most " \
+                problem = (
+                    f"{quote(value)} is {len(value)} characters long (expected at most "
                     f"{self.length.hi})"
+                )
         if problem is None and self.pattern is not None:
             problem = self.pattern.problem(value)
         if problem is None and self.regex:
             problem = re2_problem(value)
+        if problem is None and self.check is not None:
+            problem = self.check.test(value)
         if problem is not None:
             cx.error(node, path, problem)
             return INVALID
@@ -437,8 +482,9 @@ class IntConv(Conv):
             return self.wrong(node, path, cx)
         value = _int_value(node)
         if value is None:
-            cx.error(node, path, f"invalid integer {quote(str(node.value))} (expected "
-                     f"{self.expected})")
+            cx.error(
+                node, path, f"invalid integer {quote(str(node.value))} (expected {self.expected})"
+            )
             return INVALID
         if self.range is not None and not self.range.ok(value):
             cx.error(node, path, f"{value} is out of range (expected {self.expected})")
@@ -459,8 +505,9 @@ class FloatConv(Conv):
             return self.wrong(node, path, cx)
         num = _int_value(node) if node.tag == TAG_INT else _float_value(node)
         if num is None or not math.isfinite(num):
-            cx.error(node, path, f"invalid number {quote(str(node.value))} (expected "
-                     f"{self.expected})")
+            cx.error(
+                node, path, f"invalid number {quote(str(node.value))} (expected {self.expected})"
+            )
             return INVALID
         value = float(num)
         if self.range is not None and not self.range.ok(value):
@@ -512,24 +559,28 @@ class DurationConv(Conv):
 
     def __init__(self, marker: Duration) -> None:
         self.allow_zero = marker.allow_zero
-        self.expected = (f"{DURATION_EXPECTED}; 0s disables" if marker.allow_zero
-                         else f"a positive duration such as 250ms, 1.5s, 5m or 1h30m")
+        self.expected = (
+            f"{DURATION_EXPECTED}; 0s disables"
+            if marker.allow_zero
+            else "a positive duration such as 250ms, 1.5s, 5m or 1h30m"
+        )
 
     def convert(self, node: Node, path: str, cx: Cx) -> Any:
         if isinstance(node, ScalarNode) and node.tag in (TAG_INT, TAG_FLOAT):
-            cx.error(node, path, f"got {describe(node)} without a unit (expected "
-                     f"{self.expected})")
+            cx.error(node, path, f"got {describe(node)} without a unit (expected {self.expected})")
             return INVALID
         if not (isinstance(node, ScalarNode) and node.tag == TAG_STR):
             return self.wrong(node, path, cx)
         value = parse_duration(node.value)
         if value is None:
-            cx.error(node, path, f"invalid duration {quote(node.value)} (expected "
-                     f"{self.expected})")
+            cx.error(node, path, f"invalid duration {quote(node.value)} (expected {self.expected})")
             return INVALID
         if value <= 0 and not (self.allow_zero and value == 0):
-            cx.error(node, path, f"duration {quote(node.value)} is not positive (expected "
-                     f"{self.expected})")
+            cx.error(
+                node,
+                path,
+                f"duration {quote(node.value)} is not positive (expected {self.expected})",
+            )
             return INVALID
         return value
 
@@ -561,9 +612,11 @@ class ListConv(Conv):
         self.unique_yaml: str | None = None
         if unique is not None and unique.attr is not None and isinstance(item, DataclassConv):
             self.unique_yaml = item.yaml_name(unique.attr)
-        self.expected = f"a list of {_plural_expected(item.expected)}"
+        items = _plural_expected(item.expected)
         if length is not None and length.lo > 0:
-            self.expected = f"a non-empty list of {_plural_expected(item.expected)}"
+            self.expected = f"a non-empty list{items}"
+        else:
+            self.expected = f"a list{items}"
 
     def convert(self, node: Node, path: str, cx: Cx) -> Any:
         if not (isinstance(node, SequenceNode) and node.tag == TAG_SEQ):
@@ -572,12 +625,18 @@ class ListConv(Conv):
         ok = True
         if self.length is not None:
             if n < self.length.lo:
-                cx.error(node, path, f"{_plural(n, 'item')} (expected at least "
-                         f"{_plural(self.length.lo, 'item')})")
+                cx.error(
+                    node,
+                    path,
+                    f"{_plural(n, 'item')} (expected at least {_plural(self.length.lo, 'item')})",
+                )
                 ok = False
             elif self.length.hi is not None and n > self.length.hi:
-                cx.error(node, path, f"{_plural(n, 'item')} (expected at most "
-                         f"{_plural(self.length.hi, 'item')})")
+                cx.error(
+                    node,
+                    path,
+                    f"{_plural(n, 'item')} (expected at most {_plural(self.length.hi, 'item')})",
+                )
                 ok = False
         out: list[Any] = []
         for i, child in enumerate(node.value):
@@ -595,19 +654,21 @@ class ListConv(Conv):
         seen: dict[Any, int] = {}
         ok = True
         for i, v in enumerate(values):
-            key = getattr(v, attr) if attr is not None else v
-            if key is None:
+            value = getattr(v, attr) if attr is not None else v
+            if value is None:
                 continue
-            if fold and isinstance(key, str):
-                key = key.lower()
+            key = value.lower() if fold and isinstance(value, str) else value
             sub: tuple[PathToken, ...] = (i, self.unique_yaml) if self.unique_yaml else (i,)
             if key in seen:
                 target = locate(node, sub)
                 first = line_of(locate(node, (seen[key], *sub[1:])))
                 what = self.unique_yaml or "value"
-                shown = quote(key) if isinstance(key, str) else str(key)
-                cx.error(target, format_path(path, sub), f"duplicate {what} {shown}, first at "
-                         f"line {first} (expected unique {what}s)")
+                shown = quote(value) if isinstance(value, str) else str(value)
+                cx.error(
+                    target,
+                    format_path(path, sub),
+                    f"duplicate {what} {shown}, first at line {first} (expected unique {what}s)",
+                )
                 ok = False
             else:
                 seen[key] = i
@@ -615,14 +676,17 @@ class ListConv(Conv):
 
 
 def _plural_expected(text: str) -> str:
+    """The tail of "a list..." for items described by `text`: " of strings", ", each ..."."""
     for article in ("an ", "a "):
         if text.startswith(article):
-            rest = text[len(article):]
-            head, sep, tail = rest.partition(" ")
+            head, sep, tail = text[len(article) :].partition(" ")
             if head in ("string", "integer", "number", "mapping", "duration"):
-                return f"{head}s{sep}{tail}"
-            return rest
-    return text
+                return f" of {head}s{sep}{tail}"
+            if head == "non-empty" and tail == "string":
+                return " of non-empty strings"
+    if text.startswith("one of: "):
+        return f" of {text}"
+    return f", each {text}"
 
 
 class StrMapConv(Conv):
@@ -632,9 +696,7 @@ class StrMapConv(Conv):
         self.marker = marker
         vpattern = marker.value if isinstance(marker.value, Pattern) else None
         self.value_conv = StrConv(vpattern, isinstance(marker.value, Re2), None)
-        self.expected = f"a mapping of {marker.what} to {_plural_expected(self.value_conv.expected)}"
-        if self.value_conv.expected == "a string":
-            self.expected = f"a mapping of {marker.what} to string"
+        self.expected = f"a mapping of {marker.what} to {self.value_conv.expected}"
 
     def convert(self, node: Node, path: str, cx: Cx) -> Any:
         if not (isinstance(node, MappingNode) and node.tag == TAG_MAP):
@@ -648,16 +710,23 @@ class StrMapConv(Conv):
             if self.marker.key is not None:
                 problem = self.marker.key.problem(key)
                 if problem is not None:
-                    cx.error(knode, kpath, problem.replace("invalid value", f"invalid "
-                             f"{self.marker.what}", 1))
+                    cx.error(
+                        knode,
+                        kpath,
+                        problem.replace("invalid value", f"invalid {self.marker.what}", 1),
+                    )
                     ok = False
                     continue
             if self.marker.casefold_keys:
                 folded = key.lower()
                 if folded in seen:
-                    cx.error(knode, kpath, f"repeated {self.marker.what} (case-insensitive), "
-                             f"first at line {seen[folded]} (expected each {self.marker.what} "
-                             "once)")
+                    cx.error(
+                        knode,
+                        kpath,
+                        f"repeated {self.marker.what} (case-insensitive), "
+                        f"first at line {seen[folded]} (expected each {self.marker.what} "
+                        "once)",
+                    )
                     ok = False
                     continue
                 seen[folded] = line_of(knode)
@@ -702,8 +771,7 @@ class DataclassConv(Conv):
             for m in markers:
                 if isinstance(m, Yaml):
                     yaml_name = m.name
-            required = (f.default is dataclasses.MISSING
-                        and f.default_factory is dataclasses.MISSING)
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             fields.append(_Field(f.name, yaml_name, _make_conv(tp, extras), required))
         self.fields = tuple(fields)
         self.by_yaml = {f.yaml: f for f in fields}
@@ -721,8 +789,7 @@ class DataclassConv(Conv):
         """The YAML field names, in declaration order."""
         return tuple(f.yaml for f in self.fields)
 
-    def convert(self, node: Node, path: str, cx: Cx, defaults: dict[str, Any] | None = None
-                ) -> Any:
+    def convert(self, node: Node, path: str, cx: Cx, defaults: dict[str, Any] | None = None) -> Any:
         if not (isinstance(node, MappingNode) and node.tag == TAG_MAP):
             return self.wrong(node, path, cx)
         items = mapping_items(node, path, cx)
@@ -739,8 +806,11 @@ class DataclassConv(Conv):
                     kwargs[f.attr] = defaults[f.attr]
                 elif f.required:
                     where = entry[1] if entry is not None else node
-                    cx.error(where, join(path, f.yaml), f"missing required field (expected "
-                             f"{f.conv.expected})")
+                    cx.error(
+                        where,
+                        join(path, f.yaml),
+                        f"missing required field (expected {f.conv.expected})",
+                    )
                     ok = False
                 continue
             value = f.conv.convert(entry[1], join(path, f.yaml), cx)
@@ -837,7 +907,7 @@ def _make_conv(tp: Any, extras: tuple[Any, ...] = ()) -> Conv:
     if smap is not None:
         return StrMapConv(smap)
     if tp is str:
-        return StrConv(marker(Pattern), marker(Re2) is not None, marker(Len))
+        return StrConv(marker(Pattern), marker(Re2) is not None, marker(Len), marker(Check))
     if tp is bool:
         return BoolConv()
     if tp is int:
@@ -848,11 +918,11 @@ def _make_conv(tp: Any, extras: tuple[Any, ...] = ()) -> Conv:
     if get_origin(tp) is Literal:
         return LiteralConv(get_args(tp))
     if get_origin(tp) is tuple:
-        args = get_args(tp)
-        if len(args) != 2 or args[1] is not Ellipsis:
+        targs = get_args(tp)
+        if len(targs) != 2 or targs[1] is not Ellipsis:
             raise TypeError(f"unsupported tuple type {tp!r}")
         item_markers = tuple(m for m in markers if not isinstance(m, Len | Unique))
-        return ListConv(_make_conv(args[0], item_markers), marker(Len), marker(Unique))
+        return ListConv(_make_conv(targs[0], item_markers), marker(Len), marker(Unique))
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return converter(tp)
     raise TypeError(f"unsupported field type {tp!r}")

@@ -115,22 +115,47 @@ class Mesh:
         return Mesh(out)
 
     @classmethod
-    def build(cls, *, name: str = "mesh", spec: MeshSpec | None = None,
-              services: Mapping[str, ServiceSpec] = {}) -> Mesh:  # noqa: B006 - read only
+    def build(
+        cls,
+        *,
+        name: str = "mesh",
+        spec: MeshSpec | None = None,
+        services: Mapping[str, ServiceSpec] = {},
+    ) -> Mesh:
         """Build a mesh in code (tests, embedding): services keyed `name` or `ns/name`."""
         src = Source(file="<code>", line=0)
-        res = [Resource(api_version="pymesh.io/v1alpha1", kind="Mesh", name=name,
-                        spec=spec or MeshSpec(), source=src)]
+        res = [
+            Resource(
+                api_version="pymesh.io/v1alpha1",
+                kind="Mesh",
+                name=name,
+                spec=spec or MeshSpec(),
+                source=src,
+            )
+        ]
         for key, sspec in services.items():
             ns, _, sname = key.rpartition("/")
-            res.append(Resource(api_version="pymesh.io/v1alpha1", kind="Service", name=sname,
-                                namespace=ns or DEFAULT_NAMESPACE, spec=sspec, source=src))
+            res.append(
+                Resource(
+                    api_version="pymesh.io/v1alpha1",
+                    kind="Service",
+                    name=sname,
+                    namespace=ns or DEFAULT_NAMESPACE,
+                    spec=sspec,
+                    source=src,
+                )
+            )
         return cls(res)
 
     def _canonical(self) -> list[Any]:
         return [
-            {"apiVersion": r.api_version, "kind": r.kind, "name": r.name,
-             "namespace": r.namespace, "spec": _jsonable(r.spec)}
+            {
+                "apiVersion": r.api_version,
+                "kind": r.kind,
+                "name": r.name,
+                "namespace": r.namespace,
+                "spec": _jsonable(r.spec),
+            }
             for r in self.resources
         ]
 

@@ -77,8 +77,9 @@ def _bind_network(f: NetworkFilter, nxt: ConnectionHandler) -> ConnectionHandler
     return layer
 
 
-def compose_network(filters: Sequence[NetworkFilter],
-                    terminal: ConnectionHandler) -> ConnectionHandler:
+def compose_network(
+    filters: Sequence[NetworkFilter], terminal: ConnectionHandler
+) -> ConnectionHandler:
     """The L4 counterpart of `compose`."""
     handler = terminal
     for f in reversed(filters):

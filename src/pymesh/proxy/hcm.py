@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, final
+from typing import Literal, Protocol, cast, final
 
 import structlog
 
@@ -42,11 +42,21 @@ __all__ = ["H1Connection", "HttpObserver", "HttpSettings", "ListenerState", "Tcp
 _log = structlog.get_logger("pymesh.hcm")
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the framing fields we regenerate.
-_HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding",
-    b"upgrade", b"proxy-authorization", b"proxy-authenticate", b"content-length", b"trailer",
-    b"expect",
-})
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"content-length",
+        b"trailer",
+        b"expect",
+    }
+)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CONNECT_OK = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -163,7 +173,7 @@ class H1Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport = transport
         transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
         self.peer, self._client_ip = _client_addr(transport)
@@ -171,8 +181,13 @@ class H1Connection(asyncio.Protocol):
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
+        parser = self.parser
         try:
-            events = self.parser.feed(data)
+            events = parser.feed(data)
+            if events:
+                # The parser returns the events it completed before an error and raises on
+                # the next call: ask now, so that nothing of a rejected read goes upstream.
+                events.extend(parser.feed(b""))
         except RemoteProtocolError as exc:
             self._protocol_error(exc)
             return
@@ -234,8 +249,7 @@ class H1Connection(asyncio.Protocol):
     def _arm_header_timer(self) -> None:
         self._cancel_timer()
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.state.settings.header_timeout,
-                                      self._on_header_timeout)
+        self._timer = loop.call_later(self.state.settings.header_timeout, self._on_header_timeout)
 
     def _on_idle_timeout(self) -> None:
         self._timer = None
@@ -289,8 +303,9 @@ class H1Connection(asyncio.Protocol):
         self.busy = True
         self._response_started = False
         settings = self.state.settings
-        ctx = RequestContext(listener=self.state.name, downstream_addr=self.peer,
-                             start=time.monotonic())
+        ctx = RequestContext(
+            listener=self.state.name, downstream_addr=self.peer, start=time.monotonic()
+        )
         method = head.method
         target = head.target
         # Request headers for upstream: drop hop-by-hop (and those Connection names), keep
@@ -303,8 +318,7 @@ class H1Connection(asyncio.Protocol):
             lk = k.lower()
             if lk in _HOP_BY_HOP:
                 if lk == b"connection":
-                    connection_opts = connection_opts | {
-                        o.strip().lower() for o in v.split(b",")}
+                    connection_opts = connection_opts | {o.strip().lower() for o in v.split(b",")}
                 continue
             if lk == b"host":
                 host = v
@@ -320,8 +334,9 @@ class H1Connection(asyncio.Protocol):
         if method == b"CONNECT":
             self._request_complete = True
             self._pause_reading()
-            req = Request(method, target, target, headers, None, ctx,
-                          http_version=head.http_version)
+            req = Request(
+                method, target, target, headers, None, ctx, http_version=head.http_version
+            )
             self._task = asyncio.get_running_loop().create_task(self._tunnel(req, settings))
             return
         if target[:1] != b"/" and target != b"*":
@@ -331,15 +346,17 @@ class H1Connection(asyncio.Protocol):
             if scheme_end < 0 or not settings.absolute_form:
                 self._request_complete = True
                 self._pause_reading()
-                self._task = asyncio.get_running_loop().create_task(self._fail_request(
-                    Request(method, target, authority, headers, None, ctx),
-                    RemoteProtocolError("absolute-form request-target not accepted here")))
+                self._task = asyncio.get_running_loop().create_task(
+                    self._fail_request(
+                        Request(method, target, authority, headers, None, ctx),
+                        RemoteProtocolError("absolute-form request-target not accepted here"),
+                    )
+                )
                 return
-            rest = target[scheme_end + 3:]
+            rest = target[scheme_end + 3 :]
             slash = rest.find(b"/")
             authority, target = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
-            headers = [(b"host", authority) if k.lower() == b"host" else (k, v)
-                       for k, v in headers]
+            headers = [(b"host", authority) if k.lower() == b"host" else (k, v) for k, v in headers]
             host = authority
         if host is None:
             headers.append((b"host", authority))
@@ -354,12 +371,20 @@ class H1Connection(asyncio.Protocol):
             self._request_complete = False
         else:
             self._request_complete = True
-        req = Request(method, target, authority, headers, body, ctx,
-                      http_version=head.http_version,
-                      content_length=head.content_length if not head.chunked else None,
-                      chunked=head.chunked)
+        req = Request(
+            method,
+            target,
+            authority,
+            headers,
+            body,
+            ctx,
+            http_version=head.http_version,
+            content_length=head.content_length if not head.chunked else None,
+            chunked=head.chunked,
+        )
         self._task = asyncio.get_running_loop().create_task(
-            self._exchange(req, head.keep_alive, settings))
+            self._exchange(req, head.keep_alive, settings)
+        )
 
     def _send_continue(self) -> None:
         t = self.transport
@@ -382,15 +407,15 @@ class H1Connection(asyncio.Protocol):
                 ctx.response_flags = exc.code
                 response = Response.from_error(exc)
             except Exception as exc:
-                _log.exception("filter_chain_failed", listener=self.state.name,
-                               error=repr(exc))
+                _log.exception("filter_chain_failed", listener=self.state.name, error=repr(exc))
                 ctx.response_flags = "internal_error"
                 response = Response.from_error(ProxyError(repr(exc)))
             status = response.status
             keep_alive = await self._send(request, response, keep_alive)
         except asyncio.CancelledError:
-            ctx.response_flags = "downstream_reset" if ctx.response_flags == "-" \
-                else ctx.response_flags
+            ctx.response_flags = (
+                "downstream_reset" if ctx.response_flags == "-" else ctx.response_flags
+            )
             keep_alive = False
             if response is not None and response.release is not None:
                 response.release(False)
@@ -399,8 +424,7 @@ class H1Connection(asyncio.Protocol):
         except (ConnectionError, ProxyError) as exc:
             # The response could not be completed (client gone, upstream reset mid-body).
             if ctx.response_flags == "-":
-                ctx.response_flags = exc.code if isinstance(exc, ProxyError) \
-                    else "downstream_reset"
+                ctx.response_flags = exc.code if isinstance(exc, ProxyError) else "downstream_reset"
             keep_alive = False
             if response is not None and response.release is not None:
                 response.release(False)
@@ -462,8 +486,11 @@ class H1Connection(asyncio.Protocol):
                 # The whole body is here already: one write (the common small response).
                 sent = len(data)
                 if chunked:
-                    t.write(head + (encode_chunk(data) if data else b"")
-                            + encode_last_chunk(body.trailers))
+                    t.write(
+                        head
+                        + (encode_chunk(data) if data else b"")
+                        + encode_last_chunk(body.trailers)
+                    )
                 else:
                     t.write(head + data)
             else:
@@ -502,6 +529,14 @@ class H1Connection(asyncio.Protocol):
             self._close()
             return
         self._arm_idle()
+        if self.parser.paused:
+            # An Upgrade offer we did not take (Upgrade is hop-by-hop here): parse the bytes
+            # held since as HTTP again.
+            try:
+                self._pending.extend(self.parser.resume())
+            except RemoteProtocolError as exc:
+                self._protocol_error(exc)
+                return
         if self._pending:
             events = list(self._pending)
             self._pending.clear()
@@ -537,8 +572,13 @@ class H1Connection(asyncio.Protocol):
 
             self._cancel_timer()
             self.state.connections.discard(self)
-            await connect_relay(conn, address, connect_timeout=settings.connect_timeout,
-                                on_close=on_close, before_relay=lambda: t.write(_CONNECT_OK))
+            await connect_relay(
+                conn,
+                address,
+                connect_timeout=settings.connect_timeout,
+                on_close=on_close,
+                before_relay=lambda: t.write(_CONNECT_OK),
+            )
         except ProxyError as exc:
             ctx.response_flags = exc.code
             self.state.connections.add(self)
@@ -553,17 +593,18 @@ class H1Connection(asyncio.Protocol):
 
     def parser_leftover(self) -> bytes:
         """Bytes the client sent after the CONNECT head (already the tunnel's payload)."""
-        leftover = getattr(self.parser, "leftover", None)
-        if callable(leftover):
-            data: bytes = leftover()
-            return data
-        return b""
+        return self.parser.upgraded() if self.parser.paused else b""
 
     # -- errors and closing -------------------------------------------------------------
     def _protocol_error(self, exc: RemoteProtocolError) -> None:
         """The client sent something illegal: answer (if we still can) and close."""
-        _log.info("bad_request", listener=self.state.name, peer=self.peer, code=exc.code,
-                  detail=exc.detail)
+        _log.info(
+            "bad_request",
+            listener=self.state.name,
+            peer=self.peer,
+            code=exc.code,
+            detail=exc.detail,
+        )
         body = self._body
         if body is not None:
             self._body = None
@@ -582,12 +623,16 @@ class H1Connection(asyncio.Protocol):
         if t is not None and not t.is_closing() and not self._response_started:
             self._response_started = True
             resp = Response.from_error(exc)
-            headers = [*resp.headers, (b"content-length", str(resp.content_length).encode()),
-                       (b"connection", b"close")]
+            headers = [
+                *resp.headers,
+                (b"content-length", str(resp.content_length).encode()),
+                (b"connection", b"close"),
+            ]
             data = resp.body.read_nowait() if resp.body is not None else b""
             t.write(serialize_response_head(exc.http_status, b"", headers) + (data or b""))
-            ctx = RequestContext(listener=self.state.name, downstream_addr=self.peer,
-                                 start=time.monotonic())
+            ctx = RequestContext(
+                listener=self.state.name, downstream_addr=self.peer, start=time.monotonic()
+            )
             ctx.response_flags = exc.code
             req = Request(b"-", b"-", b"-", [], None, ctx)
             for obs in self.state.settings.observers:

@@ -14,14 +14,14 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import final
+from typing import cast, final
 
 import structlog
 
 from pymesh.errors import ProxyError
 from pymesh.proxy.chain import ConnectionHandler, NetworkFilter, compose_network
 from pymesh.proxy.hcm import H1Connection, ListenerState, TcpObserver
-from pymesh.proxy.tcp import Connection, connect_relay
+from pymesh.proxy.tcp import Connection, Holding, connect_relay
 
 __all__ = ["Detect", "L4Accept", "TcpSettings", "TcpState", "looks_like_http1", "serve"]
 
@@ -80,8 +80,9 @@ class TcpState:
 
         async def terminal(conn: Connection) -> None:
             conn.destination_service = s.destination_service
-            await connect_relay(conn, s.pick(), connect_timeout=s.connect_timeout,
-                                on_close=on_close)
+            await connect_relay(
+                conn, s.pick(), connect_timeout=s.connect_timeout, on_close=on_close
+            )
 
         return compose_network(s.filters, terminal)
 
@@ -92,8 +93,13 @@ async def _run_l4(state: TcpState, conn: Connection) -> None:
         await state.handler(conn)
     except ProxyError as exc:
         conn.close_reason = exc.code
-        _log.info("tcp_refused", listener=state.name, peer=conn.downstream_addr,
-                  code=exc.code, detail=exc.detail)
+        _log.info(
+            "tcp_refused",
+            listener=state.name,
+            peer=conn.downstream_addr,
+            code=exc.code,
+            detail=exc.detail,
+        )
         state.connections -= 1
         for obs in state.settings.observers:
             obs.on_connection(conn, exc)
@@ -108,18 +114,10 @@ async def _run_l4(state: TcpState, conn: Connection) -> None:
         conn.transport.close()
 
 
-class _Placeholder(asyncio.Protocol):
-    """Holds a paused transport while the network chain decides (drops stray callbacks)."""
-
-
-_PLACEHOLDER = _Placeholder()
-
-
 def start_l4(state: TcpState, transport: asyncio.Transport, initial: bytes = b"") -> None:
-    """Run the L4 chain for an accepted (paused) transport."""
-    transport.pause_reading()
-    transport.set_protocol(_PLACEHOLDER)
+    """Run the L4 chain for an accepted transport (its bytes are held meanwhile)."""
     conn = Connection(transport, state.name, initial=initial)
+    transport.set_protocol(Holding(conn, transport))
     if state.connections >= state.settings.max_connections:
         conn.close_reason = "overflow"
         transport.abort()
@@ -142,7 +140,7 @@ class L4Accept(asyncio.Protocol):
         self.state = state
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         start_l4(self.state, transport)
 
 
@@ -152,8 +150,9 @@ class Detect(asyncio.Protocol):
 
     __slots__ = ("_buf", "_timer", "http", "tcp", "timeout", "transport")
 
-    def __init__(self, http: ListenerState | None, tcp: TcpState | None,
-                 timeout: float = 0.2) -> None:
+    def __init__(
+        self, http: ListenerState | None, tcp: TcpState | None, timeout: float = 0.2
+    ) -> None:
         self.http = http
         self.tcp = tcp
         self.timeout = timeout
@@ -162,7 +161,7 @@ class Detect(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport = transport
         if self.http is None:
             self._to_tcp()
@@ -216,8 +215,9 @@ class Detect(asyncio.Protocol):
         start_l4(self.tcp, t, data)
 
 
-async def serve(host: str, port: int, factory: Callable[[], asyncio.Protocol],
-                *, backlog: int = 1024) -> asyncio.Server:
+async def serve(
+    host: str, port: int, factory: Callable[[], asyncio.Protocol], *, backlog: int = 1024
+) -> asyncio.Server:
     """Listen on host:port (port 0: any free port) with `factory` protocols."""
     loop = asyncio.get_running_loop()
     server = await loop.create_server(factory, host, port, backlog=backlog, reuse_address=True)

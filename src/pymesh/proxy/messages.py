@@ -75,8 +75,13 @@ class Body:
         "trailers",
     )
 
-    def __init__(self, *, high_water: int = DEFAULT_HIGH_WATER,
-                 pause: Callable[[], None] = _noop, resume: Callable[[], None] = _noop) -> None:
+    def __init__(
+        self,
+        *,
+        high_water: int = DEFAULT_HIGH_WATER,
+        pause: Callable[[], None] = _noop,
+        resume: Callable[[], None] = _noop,
+    ) -> None:
         self._buffer: deque[bytes] = deque()
         self._buffered = 0
         self._high = high_water
@@ -189,8 +194,9 @@ class Body:
         while chunk := await self.read():
             total += len(chunk)
             if total > limit:
-                raise ProxyError(f"body larger than {limit} bytes", code="body_too_large",
-                                 http_status=413)
+                raise ProxyError(
+                    f"body larger than {limit} bytes", code="body_too_large", http_status=413
+                )
             parts.append(chunk)
         return b"".join(parts)
 
@@ -202,8 +208,8 @@ class RequestContext:
     __slots__ = (
         "bytes_received",
         "bytes_sent",
-        "destination_service",
         "destination_namespace",
+        "destination_service",
         "destination_workload",
         "downstream_addr",
         "listener",
@@ -237,12 +243,31 @@ class Request:
     `authority` is the host[:port] it is for. `body` is None when the request has no body.
     """
 
-    __slots__ = ("authority", "body", "chunked", "content_length", "context", "headers",
-                 "http_version", "method", "target")
+    __slots__ = (
+        "authority",
+        "body",
+        "chunked",
+        "content_length",
+        "context",
+        "headers",
+        "http_version",
+        "method",
+        "target",
+    )
 
-    def __init__(self, method: bytes, target: bytes, authority: bytes, headers: Headers,
-                 body: Body | None, context: RequestContext, *, http_version: bytes = b"1.1",
-                 content_length: int | None = None, chunked: bool = False) -> None:
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        authority: bytes,
+        headers: Headers,
+        body: Body | None,
+        context: RequestContext,
+        *,
+        http_version: bytes = b"1.1",
+        content_length: int | None = None,
+        chunked: bool = False,
+    ) -> None:
         self.method = method
         self.target = target
         self.authority = authority
@@ -276,9 +301,16 @@ class Response:
 
     __slots__ = ("body", "chunked", "content_length", "headers", "reason", "release", "status")
 
-    def __init__(self, status: int, headers: Headers | None = None, body: Body | None = None,
-                 *, reason: bytes = b"", content_length: int | None = None,
-                 chunked: bool = False) -> None:
+    def __init__(
+        self,
+        status: int,
+        headers: Headers | None = None,
+        body: Body | None = None,
+        *,
+        reason: bytes = b"",
+        content_length: int | None = None,
+        chunked: bool = False,
+    ) -> None:
         self.status = status
         self.reason = reason
         self.headers = headers if headers is not None else []
@@ -288,8 +320,13 @@ class Response:
         self.release: Callable[[bool], None] | None = None
 
     @classmethod
-    def local(cls, status: int, body: bytes, headers: Headers | None = None,
-              content_type: bytes = b"text/plain; charset=utf-8") -> Response:
+    def local(
+        cls,
+        status: int,
+        body: bytes,
+        headers: Headers | None = None,
+        content_type: bytes = b"text/plain; charset=utf-8",
+    ) -> Response:
         """A proxy-generated response with a complete body."""
         h: Headers = [(b"content-type", content_type)]
         if headers:
@@ -302,4 +339,3 @@ class Response:
         detail = exc.detail or exc.code
         body = f"{exc.code}: {detail}\n".encode()
         return cls.local(exc.http_status, body, [(b"x-pymesh-error", exc.code.encode())])
-

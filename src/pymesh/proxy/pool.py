@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Literal, final
+from typing import Literal, cast, final
 
 import structlog
 
@@ -77,7 +77,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
@@ -140,8 +140,14 @@ class UpstreamConnection(asyncio.Protocol):
                 self.keep_alive = ev.keep_alive
                 body = Body(pause=self._pause_reading, resume=self._resume_reading)
                 self.body = body
-                resp = Response(ev.status, ev.headers, body, reason=ev.reason,
-                                content_length=ev.content_length, chunked=ev.chunked)
+                resp = Response(
+                    ev.status,
+                    ev.headers,
+                    body,
+                    reason=ev.reason,
+                    content_length=ev.content_length,
+                    chunked=ev.chunked,
+                )
                 resp.release = self._make_release()
                 fut = self._head_fut
                 self._head_fut = None
@@ -237,8 +243,11 @@ class UpstreamConnection(asyncio.Protocol):
             if data is not None and body.done:
                 # The whole body is already here (the common small POST): one write.
                 if chunked:
-                    t.write(head + (encode_chunk(data) if data else b"")
-                            + encode_last_chunk(body.trailers))
+                    t.write(
+                        head
+                        + (encode_chunk(data) if data else b"")
+                        + encode_last_chunk(body.trailers)
+                    )
                 else:
                     t.write(head + data)
                 self._request_done = True
@@ -278,12 +287,29 @@ class UpstreamConnection(asyncio.Protocol):
 class Pool:
     """Keep-alive connections to one endpoint, reused LIFO across client connections."""
 
-    __slots__ = ("_all", "_idle", "_sweeper", "address", "codec", "connect_timeout",
-                 "connect_failures", "idle_timeout", "limits", "max_idle")
+    __slots__ = (
+        "_all",
+        "_idle",
+        "_sweeper",
+        "address",
+        "codec",
+        "connect_failures",
+        "connect_timeout",
+        "idle_timeout",
+        "limits",
+        "max_idle",
+    )
 
-    def __init__(self, address: tuple[str, int], *, codec: Codec = "httptools",
-                 limits: Limits | None = None, connect_timeout: float = 5.0,
-                 idle_timeout: float = 30.0, max_idle: int = 256) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        *,
+        codec: Codec = "httptools",
+        limits: Limits | None = None,
+        connect_timeout: float = 5.0,
+        idle_timeout: float = 30.0,
+        max_idle: int = 256,
+    ) -> None:
         self.address = address
         self.codec: Codec = codec
         self.limits = limits or Limits()
@@ -371,8 +397,14 @@ class PoolManager:
 
     __slots__ = ("_pools", "codec", "connect_timeout", "idle_timeout", "limits")
 
-    def __init__(self, *, codec: Codec = "httptools", limits: Limits | None = None,
-                 connect_timeout: float = 5.0, idle_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        codec: Codec = "httptools",
+        limits: Limits | None = None,
+        connect_timeout: float = 5.0,
+        idle_timeout: float = 30.0,
+    ) -> None:
         self.codec: Codec = codec
         self.limits = limits or Limits()
         self.connect_timeout = connect_timeout
@@ -383,8 +415,13 @@ class PoolManager:
         """The pool for `address`, created on first use."""
         pool = self._pools.get(address)
         if pool is None:
-            pool = Pool(address, codec=self.codec, limits=self.limits,
-                        connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout)
+            pool = Pool(
+                address,
+                codec=self.codec,
+                limits=self.limits,
+                connect_timeout=self.connect_timeout,
+                idle_timeout=self.idle_timeout,
+            )
             self._pools[address] = pool
         return pool
 

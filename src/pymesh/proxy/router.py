@@ -46,7 +46,7 @@ def split_authority(authority: bytes) -> tuple[bytes, int | None]:
     a = authority.strip().lower()
     if a.startswith(b"["):
         end = a.find(b"]")
-        host, rest = (a[: end + 1], a[end + 1:]) if end >= 0 else (a, b"")
+        host, rest = (a[: end + 1], a[end + 1 :]) if end >= 0 else (a, b"")
         port_s = rest[1:] if rest.startswith(b":") else b""
     else:
         host, sep, port_s = a.rpartition(b":")
@@ -65,8 +65,13 @@ class Cluster:
 
     __slots__ = ("_i", "endpoints", "name", "namespace", "service")
 
-    def __init__(self, service: str, namespace: str, endpoints: Sequence[tuple[str, int]],
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        service: str,
+        namespace: str,
+        endpoints: Sequence[tuple[str, int]],
+        name: str | None = None,
+    ) -> None:
         self.service = service
         self.namespace = namespace
         self.endpoints: tuple[tuple[str, int], ...] = tuple(endpoints)
@@ -128,8 +133,14 @@ class Route:
 
     __slots__ = ("cluster", "handler", "namespace", "port", "service", "workload")
 
-    def __init__(self, service: str, namespace: str, port: ServicePort, cluster: Cluster,
-                 handler: HttpService) -> None:
+    def __init__(
+        self,
+        service: str,
+        namespace: str,
+        port: ServicePort,
+        cluster: Cluster,
+        handler: HttpService,
+    ) -> None:
         self.service = service
         self.namespace = namespace
         self.port = port
@@ -158,36 +169,52 @@ class OutboundRouter:
 
     __slots__ = ("_by_name_port", "_default", "clusters", "version")
 
-    def __init__(self, mesh: Mesh, *, source_namespace: str, pools: PoolManager,
-                 filters: Callable[[Resource, ServicePort], Sequence[HttpFilter]]) -> None:
+    def __init__(
+        self,
+        mesh: Mesh,
+        *,
+        source_namespace: str,
+        pools: PoolManager,
+        filters: Callable[[Resource, ServicePort], Sequence[HttpFilter]],
+    ) -> None:
         self.version = mesh.version
         self._by_name_port: dict[tuple[bytes, int], Route] = {}
         self._default: dict[tuple[bytes, Kind], Route] = {}
         self.clusters: dict[tuple[str, str], Cluster] = {}
         for r in mesh.of_kind("Service"):
             spec = r.spec
-            cluster = Cluster(r.name, r.namespace,
-                              [(e.address, e.port) for e in spec.endpoints])
+            cluster = Cluster(r.name, r.namespace, [(e.address, e.port) for e in spec.endpoints])
             self.clusters[(r.namespace, r.name)] = cluster
             routes = [
-                Route(r.name, r.namespace, p, cluster,
-                      compose(filters(r, p), Forwarder(cluster, pools)))
+                Route(
+                    r.name,
+                    r.namespace,
+                    p,
+                    cluster,
+                    compose(filters(r, p), Forwarder(cluster, pools)),
+                )
                 for p in spec.ports
             ]
             for host in _names(r, source_namespace):
                 for route in routes:
                     self._by_name_port[(host, route.port.port)] = route
                 for kind, fits in _FITS.items():
-                    chosen = routes[0] if len(routes) == 1 else next(
-                        (x for x in routes if x.port.protocol in fits), None)
+                    chosen = (
+                        routes[0]
+                        if len(routes) == 1
+                        else next((x for x in routes if x.port.protocol in fits), None)
+                    )
                     if chosen is not None:
                         self._default[(host, kind)] = chosen
 
     def route(self, authority: bytes, kind: Kind = "http1") -> Route:
         """The route for `authority` (`host[:port]`); `NoRoute` if it is not in the mesh."""
         host, port = split_authority(authority)
-        route = (self._default.get((host, kind)) if port is None
-                 else self._by_name_port.get((host, port)))
+        route = (
+            self._default.get((host, kind))
+            if port is None
+            else self._by_name_port.get((host, port))
+        )
         if route is None:
             raise NoRoute(f"{authority.decode('latin-1')} is not a service in the mesh")
         return route
@@ -199,9 +226,15 @@ class InboundRouter:
 
     __slots__ = ("_by_port", "_default", "service")
 
-    def __init__(self, mesh: Mesh, service: Resource, apps: dict[int | None, tuple[str, int]],
-                 *, pools: PoolManager,
-                 filters: Callable[[Resource, ServicePort], Sequence[HttpFilter]]) -> None:
+    def __init__(
+        self,
+        mesh: Mesh,
+        service: Resource,
+        apps: dict[int | None, tuple[str, int]],
+        *,
+        pools: PoolManager,
+        filters: Callable[[Resource, ServicePort], Sequence[HttpFilter]],
+    ) -> None:
         self.service = service
         self._by_port: dict[int, Route] = {}
         self._default: dict[Kind, Route] = {}
@@ -209,15 +242,27 @@ class InboundRouter:
         routes = []
         for p in ports:
             app = apps.get(p.port) or apps.get(None)
-            cluster = Cluster(service.name, service.namespace, [app] if app else [],
-                              name=f"inbound|{p.port}|{service.name}.{service.namespace}")
-            route = Route(service.name, service.namespace, p, cluster,
-                          compose(filters(service, p), Forwarder(cluster, pools)))
+            cluster = Cluster(
+                service.name,
+                service.namespace,
+                [app] if app else [],
+                name=f"inbound|{p.port}|{service.name}.{service.namespace}",
+            )
+            route = Route(
+                service.name,
+                service.namespace,
+                p,
+                cluster,
+                compose(filters(service, p), Forwarder(cluster, pools)),
+            )
             self._by_port[p.port] = route
             routes.append(route)
         for kind, fits in _FITS.items():
-            chosen = routes[0] if len(routes) == 1 else next(
-                (x for x in routes if x.port.protocol in fits), None)
+            chosen = (
+                routes[0]
+                if len(routes) == 1
+                else next((x for x in routes if x.port.protocol in fits), None)
+            )
             if chosen is not None:
                 self._default[kind] = chosen
 

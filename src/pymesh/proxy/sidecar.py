@@ -117,12 +117,13 @@ class Sidecar:
         resource = self.mesh.service(self.service_name, self.namespace)
         if resource is None:
             raise ValueError(
-                f"service {self.namespace}/{self.service_name} is not in mesh "
-                f"{self.mesh.name!r}")
+                f"service {self.namespace}/{self.service_name} is not in mesh {self.mesh.name!r}"
+            )
         self.resource: Resource = resource
         if app is None:
             apps: dict[int | None, Address] = {
-                p.port: ("127.0.0.1", p.port) for p in resource.spec.ports}
+                p.port: ("127.0.0.1", p.port) for p in resource.spec.ports
+            }
         elif isinstance(app, tuple):
             apps = {None: app}
         else:
@@ -139,8 +140,9 @@ class Sidecar:
         self.limits = limits or Limits()
         self.registry = MetricsRegistry()
         self.metrics = mesh_metrics(self.registry)
-        self.pools = PoolManager(codec=http1_codec, limits=self.limits,
-                                 connect_timeout=connect_timeout)
+        self.pools = PoolManager(
+            codec=http1_codec, limits=self.limits, connect_timeout=connect_timeout
+        )
         self.addresses: dict[str, Address] = {}
         self._servers: list[asyncio.Server] = []
         self._admin: AdminServer | None = None
@@ -175,8 +177,9 @@ class Sidecar:
     def _route_filters(self, service: Resource, port: ServicePort) -> list[HttpFilter]:
         return [RequestIdFilter(), *self.filters]
 
-    def _observers(self, reporter: str, direction: str) -> tuple[
-            tuple[HttpObserver, ...], tuple[TcpObserver, ...]]:
+    def _observers(
+        self, reporter: str, direction: str
+    ) -> tuple[tuple[HttpObserver, ...], tuple[TcpObserver, ...]]:
         peer = Peer(reporter=reporter, workload=self.service_name, namespace=self.namespace)
         m = MetricsObserver(self.metrics, peer)
         if self.access_log:
@@ -188,22 +191,38 @@ class Sidecar:
         resource = mesh.service(self.service_name, self.namespace)
         if resource is None:
             raise ValueError(f"service {self.namespace}/{self.service_name} left the mesh")
-        out_router = OutboundRouter(mesh, source_namespace=self.namespace, pools=self.pools,
-                                    filters=self._route_filters)
-        in_router = InboundRouter(mesh, resource, self.apps, pools=self.pools,
-                                  filters=self._route_filters)
+        out_router = OutboundRouter(
+            mesh, source_namespace=self.namespace, pools=self.pools, filters=self._route_filters
+        )
+        in_router = InboundRouter(
+            mesh, resource, self.apps, pools=self.pools, filters=self._route_filters
+        )
         self._outbound_router, self._inbound_router = out_router, in_router
         out_obs, out_tcp_obs = self._observers("source", "outbound")
         in_obs, in_tcp_obs = self._observers("destination", "inbound")
         common: dict[str, Any] = {
-            "codec": self.codec, "limits": self.limits, "header_timeout": self.header_timeout,
-            "idle_timeout": self.idle_timeout, "connect_timeout": self.connect_timeout,
+            "codec": self.codec,
+            "limits": self.limits,
+            "header_timeout": self.header_timeout,
+            "idle_timeout": self.idle_timeout,
+            "connect_timeout": self.connect_timeout,
         }
-        outbound = HttpSettings(listener="outbound", router=out_router, observers=out_obs,
-                                tcp_observers=out_tcp_obs, allow_connect=True,
-                                absolute_form=True, **common)
-        inbound = HttpSettings(listener="inbound", router=in_router, observers=in_obs,
-                               tcp_observers=in_tcp_obs, **common)
+        outbound = HttpSettings(
+            listener="outbound",
+            router=out_router,
+            observers=out_obs,
+            tcp_observers=out_tcp_obs,
+            allow_connect=True,
+            absolute_form=True,
+            **common,
+        )
+        inbound = HttpSettings(
+            listener="inbound",
+            router=in_router,
+            observers=in_obs,
+            tcp_observers=in_tcp_obs,
+            **common,
+        )
         tcp_route = in_router.route(None, "tcp") if in_router.has_kind("tcp") else None
         tcp = TcpSettings(
             listener="inbound",
@@ -259,21 +278,27 @@ class Sidecar:
                 def factory() -> asyncio.Protocol:
                     return L4Accept(ts)
             else:
+
                 def factory() -> asyncio.Protocol:
                     return Detect(istate, tstate)
+
             srv = await serve(*want_in, factory)
             self._servers.append(srv)
             self.addresses["inbound"] = bound_address(srv)
         want_admin = self._want["admin"]
         if want_admin is not None:
-            self._admin = await start_admin_server(want_admin[0], want_admin[1],
-                                                   self._admin_routes())
+            self._admin = await start_admin_server(
+                want_admin[0], want_admin[1], self._admin_routes()
+            )
             self.addresses["admin"] = (want_admin[0], self._admin.port)
         self._started_at = time.time()
         self.ready = True
-        _log.info("sidecar_started", service=f"{self.namespace}/{self.service_name}",
-                  version=self.mesh.version,
-                  **{k: f"{h}:{p}" for k, (h, p) in self.addresses.items()})
+        _log.info(
+            "sidecar_started",
+            service=f"{self.namespace}/{self.service_name}",
+            version=self.mesh.version,
+            **{k: f"{h}:{p}" for k, (h, p) in self.addresses.items()},
+        )
 
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish (up to the deadline), close all."""
@@ -286,8 +311,8 @@ class Sidecar:
             st.drain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while loop.time() < deadline and any(st.busy for st in self._http_states):
-            await asyncio.sleep(0.02)
+        while loop.time() < deadline and any(st.busy for st in self._http_states):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)  # polls several listeners; bounded by the deadline
         for st in self._http_states:
             for c in list(st.connections):
                 if c.transport is not None:
@@ -338,8 +363,9 @@ class Sidecar:
             dump = self.mesh.to_dict()
             dump["service"] = f"{self.namespace}/{self.service_name}"
             dump["listeners"] = {k: f"{h}:{p}" for k, (h, p) in self.addresses.items()}
-            dump["apps"] = {str(k if k is not None else "*"): f"{h}:{p}"
-                            for k, (h, p) in self.apps.items()}
+            dump["apps"] = {
+                str(k if k is not None else "*"): f"{h}:{p}" for k, (h, p) in self.apps.items()
+            }
             return json_response(dump)
 
         async def clusters(_: AdminRequest) -> AdminResponse:
@@ -383,15 +409,27 @@ class Sidecar:
         out: list[dict[str, Any]] = []
         if self._outbound_router is not None:
             for (ns, name), c in sorted(self._outbound_router.clusters.items()):
-                out.append({"name": f"outbound|{name}.{ns}", "service": name, "namespace": ns,
-                            "direction": "outbound",
-                            "endpoints": [ep(a) for a in c.endpoints]})
+                out.append(
+                    {
+                        "name": f"outbound|{name}.{ns}",
+                        "service": name,
+                        "namespace": ns,
+                        "direction": "outbound",
+                        "endpoints": [ep(a) for a in c.endpoints],
+                    }
+                )
         if self._inbound_router is not None:
-            for r in self._inbound_router.routes:
-                out.append({"name": r.cluster.name, "service": r.service,
-                            "namespace": r.namespace, "direction": "inbound",
-                            "port": r.port.port,
-                            "endpoints": [ep(a) for a in r.cluster.endpoints]})
+            out.extend(
+                {
+                    "name": r.cluster.name,
+                    "service": r.service,
+                    "namespace": r.namespace,
+                    "direction": "inbound",
+                    "port": r.port.port,
+                    "endpoints": [ep(a) for a in r.cluster.endpoints],
+                }
+                for r in self._inbound_router.routes
+            )
         return {"version": self.mesh.version, "clusters": out}
 
 
@@ -406,9 +444,14 @@ async def _run_sidecar(sidecar: Sidecar) -> int:
     return 0
 
 
-def run(config: Mesh | str | os.PathLike[str], service: str, *,
-        filters: Sequence[HttpFilter] = (), loop: LoopName = "uvloop",
-        **listeners: Any) -> int:
+def run(
+    config: Mesh | str | os.PathLike[str],
+    service: str,
+    *,
+    filters: Sequence[HttpFilter] = (),
+    loop: LoopName = "uvloop",
+    **listeners: Any,
+) -> int:
     """Run a sidecar for `service` until SIGTERM/SIGINT (blocking); returns the exit code.
 
     `listeners` are `Sidecar` keyword arguments: `inbound=`, `outbound=`, `admin=` (HOST, PORT)
@@ -446,5 +489,13 @@ def proxy_main(args: argparse.Namespace) -> int:
     if mesh.service(name, ns) is None:
         print(f"pymesh proxy: service {ns}/{name} is not in the config")
         return 2
-    return run(mesh, args.service, loop=args.loop, app=apps, http1_codec=args.http1_codec,
-               access_log=not args.no_access_log, drain_timeout=args.drain_timeout, **kw)
+    return run(
+        mesh,
+        args.service,
+        loop=args.loop,
+        app=apps,
+        http1_codec=args.http1_codec,
+        access_log=not args.no_access_log,
+        drain_timeout=args.drain_timeout,
+        **kw,
+    )

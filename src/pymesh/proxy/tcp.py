@@ -18,13 +18,13 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, final
+from typing import Any, cast, final
 
 import structlog
 
 from pymesh.errors import NoHealthyUpstream, UpstreamConnectError
 
-__all__ = ["Connection", "RelayStats", "TcpSide", "connect_relay", "shutdown_write"]
+__all__ = ["Connection", "Holding", "RelayStats", "TcpSide", "connect_relay", "shutdown_write"]
 
 HIGH_WATER = 256 * 1024
 _log = structlog.get_logger("pymesh.tcp")
@@ -70,6 +70,7 @@ class Connection:
     __slots__ = (
         "close_reason",
         "connection_security_policy",
+        "eof",
         "destination_service",
         "downstream_addr",
         "initial",
@@ -87,6 +88,7 @@ class Connection:
         peer = transport.get_extra_info("peername")
         self.downstream_addr = f"{peer[0]}:{peer[1]}" if peer else "-"
         self.initial = initial
+        self.eof = False  # the client sent EOF before the relay was wired
         self.start = time.monotonic()
         self.stats = RelayStats()
         self.source_principal = "unknown"
@@ -97,14 +99,51 @@ class Connection:
 
 
 @final
+class Holding(asyncio.Protocol):
+    """Holds a connection's bytes (bounded) and EOF while its L4 chain decides.
+
+    Needed because uvloop resumes reading after `connection_made` even when the protocol paused
+    it there, so "pause at accept" is not enough to keep early bytes on both loops.
+    """
+
+    __slots__ = ("conn", "limit", "transport")
+
+    def __init__(self, conn: Connection, transport: asyncio.Transport, limit: int = 65536
+                 ) -> None:
+        self.conn = conn
+        self.transport = transport
+        self.limit = limit
+
+    def data_received(self, data: bytes) -> None:
+        c = self.conn
+        c.initial += data
+        if len(c.initial) >= self.limit:
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.conn.eof = True
+        return True
+
+
+@final
 class TcpSide(asyncio.Protocol):
     """One side of a relay. `peer` is the other side; `count` adds relayed bytes."""
 
-    __slots__ = ("_closed", "_eof_in", "_eof_pending", "_eof_sent", "_on_close", "_upstream",
-                 "count", "peer", "transport")
+    __slots__ = (
+        "_closed",
+        "_eof_in",
+        "_eof_pending",
+        "_eof_sent",
+        "_on_close",
+        "_upstream",
+        "count",
+        "peer",
+        "transport",
+    )
 
-    def __init__(self, *, upstream: bool, on_close: Callable[[TcpSide, Exception | None], None]
-                 ) -> None:
+    def __init__(
+        self, *, upstream: bool, on_close: Callable[[TcpSide, Exception | None], None]
+    ) -> None:
         self._upstream = upstream
         self._on_close = on_close
         self.peer: TcpSide | None = None
@@ -117,7 +156,7 @@ class TcpSide(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport = transport
         transport.set_write_buffer_limits(high=HIGH_WATER)
 
@@ -181,8 +220,9 @@ class TcpSide(asyncio.Protocol):
     def _maybe_finish(self) -> None:
         """Close both transports once both directions have ended (EOF in and FIN out)."""
         peer = self.peer
-        if peer is None or not (self._eof_in and self._eof_sent and peer._eof_in
-                                and peer._eof_sent):
+        if peer is None or not (
+            self._eof_in and self._eof_sent and peer._eof_in and peer._eof_sent
+        ):
             return
         for side in (self, peer):
             if side is not None and side.transport is not None and not side.transport.is_closing():
@@ -254,4 +294,7 @@ async def connect_relay(
     if conn.initial:
         down.data_received(conn.initial)
         conn.initial = b""
-    dt.resume_reading()
+    if conn.eof:
+        down.eof_received()
+    else:
+        dt.resume_reading()

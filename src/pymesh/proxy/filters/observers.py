@@ -42,27 +42,64 @@ class MetricsObserver:
         self.peer = peer
         self._cache: dict[tuple[str, ...], _Bound] = {}
 
-    def _labels(self, dest_service: str, dest_workload: str, dest_ns: str, source_principal: str,
-                ) -> tuple[str, str, str, str, str, str, str, str]:
+    def _labels(
+        self,
+        dest_service: str,
+        dest_workload: str,
+        dest_ns: str,
+        source_principal: str,
+    ) -> tuple[str, str, str, str, str, str, str, str]:
         p = self.peer
         if p.reporter == "source":
-            return (p.reporter, p.workload, p.namespace, p.principal, dest_service,
-                    dest_workload, dest_ns, "unknown")
-        return (p.reporter, "unknown", "unknown", source_principal, dest_service,
-                p.workload, p.namespace, p.principal)
+            return (
+                p.reporter,
+                p.workload,
+                p.namespace,
+                p.principal,
+                dest_service,
+                dest_workload,
+                dest_ns,
+                "unknown",
+            )
+        return (
+            p.reporter,
+            "unknown",
+            "unknown",
+            source_principal,
+            dest_service,
+            p.workload,
+            p.namespace,
+            p.principal,
+        )
 
     def on_request(self, request: Request, status: int, duration_s: float) -> None:
         """Count one finished HTTP request."""
         ctx = request.context
-        key = (ctx.destination_service, ctx.destination_workload, ctx.destination_namespace,
-               ctx.source_principal, str(status), ctx.response_flags)
+        key = (
+            ctx.destination_service,
+            ctx.destination_workload,
+            ctx.destination_namespace,
+            ctx.source_principal,
+            str(status),
+            ctx.response_flags,
+        )
         bound = self._cache.get(key)
         if bound is None:
-            labels = (*self._labels(key[0], key[1], key[2], key[3]), "http", key[4], "-",
-                      key[5], "none")
+            labels = (
+                *self._labels(key[0], key[1], key[2], key[3]),
+                "http",
+                key[4],
+                "-",
+                key[5],
+                "none",
+            )
             m = self.m
-            bound = (m.requests_total.child(labels), m.request_duration_ms.child(labels),
-                     m.request_bytes.child(labels), m.response_bytes.child(labels))
+            bound = (
+                m.requests_total.child(labels),
+                m.request_duration_ms.child(labels),
+                m.request_bytes.child(labels),
+                m.response_bytes.child(labels),
+            )
             if len(self._cache) < 4096:
                 self._cache[key] = bound
         bound[0].inc()
@@ -72,9 +109,13 @@ class MetricsObserver:
 
     def on_connection(self, conn: Connection, exc: BaseException | None) -> None:
         """Count one finished L4 connection (opened and closed are counted together)."""
-        labels = (*self._labels(conn.destination_service, conn.destination_service,
-                                "unknown", conn.source_principal),
-                  conn.close_reason, conn.connection_security_policy)
+        labels = (
+            *self._labels(
+                conn.destination_service, conn.destination_service, "unknown", conn.source_principal
+            ),
+            conn.close_reason,
+            conn.connection_security_policy,
+        )
         m = self.m
         m.tcp_opened.inc(labels)
         m.tcp_closed.inc(labels)

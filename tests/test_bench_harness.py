@@ -1,0 +1,607 @@
+"""The benchmark harness's pure parts: wrk parsing, medians and ratios, the result schema,
+the README table, row selection and the generated peer configs. No load is generated here."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `benchmarks` is a top-level package of the repository
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import machine, peers, report, run  # noqa: E402
+from benchmarks.wrkparse import (  # noqa: E402
+    WrkParseError,
+    fixed_rate_lua,
+    parse_time_us,
+    parse_wrk,
+)
+
+WRK_US = """\
+Running 10s test @ http://127.0.0.1:18081/
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   493.04us   78.65us   3.38ms   91.01%
+    Req/Sec    96.54k     3.42k  101.03k    80.00%
+  Latency Distribution
+     50%  490.00us
+     75%  511.00us
+     90%  540.00us
+     99%  780.00us
+  960612 requests in 10.00s, 217.00MB read
+Requests/sec:  96058.13
+Transfer/sec:     21.70MB
+"""
+
+WRK_MIXED_WITH_ERRORS = """\
+Running 3s test @ http://127.0.0.1:40000/
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    21.30ms    4.02ms    1.02s    88.10%
+    Req/Sec     2.35k   702.47     2.90k    81.82%
+  Latency Distribution
+     50%   20.51ms
+     75%   22.00ms
+     90%   25.12ms
+     99%    1.50s
+  7062 requests in 3.10s, 1.60MB read
+  Socket errors: connect 1, read 2, write 3, timeout 4
+  Non-2xx or 3xx responses: 17
+Requests/sec:   2278.06
+Transfer/sec:    528.66KB
+"""
+
+
+# --------------------------------------------------------------------------- wrk parsing
+
+
+def test_parse_wrk_microseconds() -> None:
+    r = parse_wrk(WRK_US)
+    assert r.requests == 960612
+    assert r.duration_s == pytest.approx(10.0)
+    assert r.rps == pytest.approx(96058.13)
+    assert r.latency_avg_us == pytest.approx(493.04)
+    assert r.latency_max_us == pytest.approx(3380.0)
+    assert r.percentiles_us == pytest.approx({"50": 490.0, "75": 511.0, "90": 540.0, "99": 780.0})
+    assert (r.p50_us, r.p99_us) == (490.0, 780.0)
+    assert r.errors == 0
+
+
+def test_parse_wrk_units_and_errors() -> None:
+    r = parse_wrk(WRK_MIXED_WITH_ERRORS)
+    assert r.p50_us == pytest.approx(20510.0)
+    assert r.p99_us == pytest.approx(1.5e6)
+    assert r.latency_max_us == pytest.approx(1.02e6)
+    assert r.duration_s == pytest.approx(3.1)
+    assert (r.errors_connect, r.errors_read, r.errors_write, r.errors_timeout) == (1, 2, 3, 4)
+    assert r.non_2xx_3xx == 17
+    assert r.errors == 27
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "us"),
+    [("490.00", "us", 490.0), ("1.25", "ms", 1250.0), ("2", "s", 2e6), ("1.5", "m", 90e6)],
+)
+def test_parse_time_units(value: str, unit: str, us: float) -> None:
+    assert parse_time_us(value, unit) == pytest.approx(us)
+
+
+def test_parse_time_unknown_unit() -> None:
+    with pytest.raises(WrkParseError, match="unit"):
+        parse_time_us("1", "ns")
+
+
+def test_parse_wrk_without_latency_flag_is_an_error() -> None:
+    text = WRK_US.replace("Latency Distribution", "").replace("     99%  780.00us\n", "")
+    with pytest.raises(WrkParseError, match="99%"):
+        parse_wrk(text)
+
+
+def test_parse_wrk_of_a_failed_run_names_what_is_missing() -> None:
+    with pytest.raises(WrkParseError, match="requests in"):
+        parse_wrk("unable to connect to 127.0.0.1:1 Connection refused\n")
+
+
+def test_fixed_rate_lua() -> None:
+    script = fixed_rate_lua(1000)
+    assert "1000.0 / 1000.0" in script
+    assert "function delay()" in script
+    with pytest.raises(ValueError, match="rate"):
+        fixed_rate_lua(0)
+
+
+# --------------------------------------------------------------------------- medians, ratios
+
+
+def _measurement(rps: float, p50: float, p99: float, cpu: float | None, errors: int = 0) -> Any:
+    return {
+        "requests": int(rps * 10),
+        "duration_s": 10.0,
+        "rps": rps,
+        "latency_avg_us": p50,
+        "latency_max_us": p99 * 2,
+        "percentiles_us": {"50": p50, "75": p50, "90": p99, "99": p99},
+        "errors": errors,
+        "proxy_cpu_s": None if cpu is None else cpu * rps * 10 / 1e6,
+        "cpu_us_per_req": cpu,
+    }
+
+
+def _run(rps: float, p99: float, cpu_sat: float | None, cpu_fixed: float | None) -> Any:
+    return {
+        "saturation": _measurement(rps, p99 / 2, p99, cpu_sat),
+        "fixed_rate": _measurement(1000.0, 100.0, 300.0, cpu_fixed),
+    }
+
+
+def _row(name: str, group: str, runs: list[Any], *, baseline: bool = False) -> Any:
+    return {
+        "name": name,
+        "label": name.replace("-", " "),
+        "group": group,
+        "baseline": baseline,
+        "status": "ok",
+        "note": "",
+        "runs": runs,
+        "median": None,
+        "ratios": None,
+    }
+
+
+def _doc(rows: list[Any]) -> Any:
+    report.summarize_rows(rows)
+    return {
+        "schema": report.SCHEMA,
+        "commit": "0123456789abcdef-dirty",
+        "date": "2026-01-01T00:00:00Z",
+        "python": "3.11.7",
+        "loop": {"default": "uvloop", "uvloop": "0.23.0"},
+        "machine": {"nproc": 2},
+        "pinning": {"load_core": 0, "backend_core": 0, "proxy_core": 1},
+        "settings": {"runs": 3, "duration_s": 10.0, "rate": 1000.0, "connections": 50},
+        "tools": {"haproxy": "HAProxy version 2.6.12", "nginx": "nginx/1.22.1", "wrk": "wrk 4.1"},
+        "notes": ["a note"],
+        "rows": rows,
+    }
+
+
+def _sample_doc() -> Any:
+    return _doc(
+        [
+            _row("direct", "direct", [_run(200e3, 300, None, None)] * 3),
+            _row(
+                "haproxy-l4",
+                "l4",
+                [_run(100e3, 1000, 8, 30), _run(90e3, 1200, 9, 31), _run(110e3, 800, 7, 29)],
+                baseline=True,
+            ),
+            _row(
+                "pymesh-l4-uvloop",
+                "l4",
+                [_run(95e3, 1100, 9, 33), _run(99e3, 1300, 10, 34), _run(80e3, 1500, 8, 35)],
+            ),
+            _row("haproxy-l7", "l7", [_run(80e3, 1000, 10, 40)] * 3, baseline=True),
+            _row("pymesh-l7-httptools", "l7", [_run(40e3, 2000, 30, 90)] * 3),
+            _row("pymesh-l7-h11", "l7", [_run(8e3, 9000, 300, 450)] * 3),
+        ]
+    )
+
+
+def test_median_of_runs() -> None:
+    runs = [_run(100e3, 1000, 8, 30), _run(90e3, 1200, 9, 31), _run(110e3, 800, 7, 29)]
+    med = report.median_of_runs(runs)
+    assert med["rps"] == 100e3
+    assert med["p99_us"] == 1000
+    assert med["p50_us"] == 500
+    assert med["cpu_us_per_req_sat"] == 8
+    assert med["cpu_us_per_req_fixed"] == 30
+    assert med["fixed_rps"] == 1000
+    assert med["errors"] == 0
+
+
+def test_median_without_cpu_is_none() -> None:
+    med = report.median_of_runs([_run(1e3, 100, None, None)])
+    assert med["cpu_us_per_req_sat"] is None
+    assert med["cpu_us_per_req_fixed"] is None
+
+
+def test_ratios_pair_each_row_with_its_groups_haproxy() -> None:
+    rows = {row["name"]: row for row in _sample_doc()["rows"]}
+    l4 = rows["pymesh-l4-uvloop"]["ratios"]
+    assert l4["baseline"] == "haproxy-l4"
+    assert l4["rps"] == pytest.approx(95e3 / 100e3)
+    assert l4["cpu_fixed"] == pytest.approx(34 / 30)
+    assert l4["cpu_sat"] == pytest.approx(9 / 8)
+    assert l4["p99"] == pytest.approx(1300 / 1000)
+    h11 = rows["pymesh-l7-h11"]["ratios"]
+    assert h11["baseline"] == "haproxy-l7"
+    assert h11["rps"] == pytest.approx(0.1)
+    assert rows["haproxy-l7"]["ratios"]["rps"] == 1.0
+    assert rows["direct"]["ratios"] is None
+
+
+def test_no_ratios_without_an_ok_baseline() -> None:
+    rows = [
+        _row("haproxy-l4", "l4", [], baseline=True),
+        _row("pymesh-l4-uvloop", "l4", [_run(95e3, 1100, 9, 33)]),
+    ]
+    rows[0]["status"] = "failed"
+    rows[0]["note"] = "did not start"
+    report.summarize_rows(rows)
+    assert rows[0]["median"] is None
+    assert rows[1]["median"] is not None
+    assert rows[1]["ratios"] is None
+
+
+def test_an_ok_row_without_runs_becomes_failed() -> None:
+    rows = [_row("haproxy-l4", "l4", [], baseline=True)]
+    report.summarize_rows(rows)
+    assert rows[0]["status"] == "failed"
+    assert rows[0]["note"] == "no run completed"
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def test_sample_document_conforms_and_round_trips_json() -> None:
+    doc = _sample_doc()
+    assert report.validate_result(doc) == []
+    assert report.validate_result(json.loads(json.dumps(doc))) == []
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.pop("commit"), "$: missing 'commit'"),
+        (lambda d: d.__setitem__("schema", "other/1"), "$.schema"),
+        (lambda d: d["rows"][1].__setitem__("status", "great"), "$.rows[1].status"),
+        (lambda d: d["rows"][1].__setitem__("median", None), "$.rows[1].median"),
+        (lambda d: d["rows"][2]["runs"][0]["fixed_rate"].pop("rps"), "fixed_rate: missing 'rps'"),
+        (
+            lambda d: d["rows"][2]["runs"][0]["saturation"].__setitem__("cpu_us_per_req", "x"),
+            "cpu_us_per_req: expected number or null",
+        ),
+        (lambda d: d["rows"][3].__setitem__("name", "haproxy-l4"), "duplicate 'haproxy-l4'"),
+        (lambda d: d["rows"][2]["ratios"].pop("p99"), "ratios: missing 'p99'"),
+        (lambda d: d["rows"][0].__setitem__("baseline", "no"), "baseline: expected boolean"),
+    ],
+)
+def test_schema_violations_are_reported(mutate: Any, message: str) -> None:
+    doc = copy.deepcopy(_sample_doc())
+    mutate(doc)
+    problems = report.validate_result(doc)
+    assert any(message in p for p in problems), problems
+
+
+def test_schema_rejects_non_objects() -> None:
+    assert report.validate_result([]) == ["$: expected object, got list"]
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def test_results_table() -> None:
+    doc = _sample_doc()
+    doc["rows"].append(
+        {
+            **_row("pymesh-l4-asyncio", "l4", []),
+            "status": "skipped",
+            "note": "the sidecar is not built yet",
+            "median": None,
+        }
+    )
+    table = report.render_results_table(doc).splitlines()
+    assert table[0].startswith("| row | req/s | p50 | p99 | CPU µs/req @ fixed rate")
+    assert len(table) == 2 + len(doc["rows"])
+    l4 = next(line for line in table if line.startswith("| pymesh l4 uvloop |"))
+    cells = [c.strip() for c in l4.split("|")[1:-1]]
+    x = "\u00d7"
+    assert cells == [
+        "pymesh l4 uvloop",
+        "95,000",
+        "650 µs",
+        "1.30 ms",
+        "34.0",
+        "9.0",
+        f"0.95{x}",
+        f"1.13{x}",
+        f"1.30{x}",
+    ]
+    assert "| haproxy l4 (baseline) |" in report.render_results_table(doc)
+    assert any("skipped: the sidecar is not built yet" in line for line in table)
+
+
+def test_results_table_flags_errors() -> None:
+    rows = [_row("haproxy-l4", "l4", [_run(1e3, 100, 8, 30)], baseline=True)]
+    rows[0]["runs"][0]["saturation"]["errors"] = 12
+    table = report.render_results_table(_doc(rows))
+    assert "12 errors" in table
+
+
+def test_goals_table_compares_figures_to_goals() -> None:
+    goals = report.render_goals(_sample_doc())
+    lines = {line.split("|")[1].strip(): line for line in goals.splitlines()[2:]}
+    # 0.95x req/s (met), 1.13x CPU (met), 1.30x p99 (> 1.25: not met)
+    l4 = lines["L4 TCP relay, keep-alive"]
+    assert "**not met**" in l4
+    assert "0.95\u00d7 req/s" in l4
+    assert "1.30\u00d7 p99 ✗" in l4
+    # 0.5x req/s < 0.75 → not met
+    assert "**not met**" in lines["L7 HTTP/1.1, routing, no filters"]
+    assert "**not met**" in lines["L7 HTTP/1.1 with the h11 codec"]  # 0.10x < 0.12
+    # 90 µs met, h11 450 µs not
+    cpu = lines["sidecar CPU at 1,000 req/s"]
+    assert "90.0 µs/req" in cpu
+    assert "450.0 µs/req (h11) ✗" in cpu
+    assert "not measured in this run" in lines["L4, a new connection per request"]
+    assert "not measured by this harness yet" in lines["control plane"]
+
+
+def test_goal_met() -> None:
+    doc = _doc(
+        [
+            _row("haproxy-l7", "l7", [_run(80e3, 1000, 10, 40)], baseline=True),
+            _row("pymesh-l7-httptools", "l7", [_run(70e3, 1000, 12, 50)]),
+        ]
+    )
+    line = next(g for g in report.render_goals(doc).splitlines() if "routing, no filters" in g)
+    assert "**met**: 0.88\u00d7 req/s, 1.25\u00d7 CPU" in line
+
+
+@pytest.mark.parametrize(
+    ("us", "text"), [(None, "—"), (412.4, "412 µs"), (1234.0, "1.23 ms"), (2.5e6, "2.50 s")]
+)
+def test_fmt_latency(us: float | None, text: str) -> None:
+    assert report.fmt_latency(us) == text
+
+
+def test_summarize_note_keeps_first_and_last_line() -> None:
+    note = "p exited with status 1; log tail:\nTraceback\n  File x\nImportError: no http1"
+    assert (
+        report.summarize_note(note) == "p exited with status 1; log tail: … ImportError: no http1"
+    )
+
+
+def test_replace_between_markers() -> None:
+    text = f"intro\n{report.README_BEGIN}\nold table\n{report.README_END}\noutro\n"
+    out = report.replace_between_markers(text, "new | table\n")
+    assert out == f"intro\n{report.README_BEGIN}\nnew | table\n{report.README_END}\noutro\n"
+    assert report.replace_between_markers(out, "new | table") == out
+    with pytest.raises(ValueError, match="markers"):
+        report.replace_between_markers("no markers here", "x")
+
+
+def test_readme_block_is_generated_from_the_newest_committed_result() -> None:
+    readme = (ROOT / "benchmarks" / "README.md").read_text()
+    assert report.README_BEGIN in readme
+    assert report.README_END in readme
+    newest = run.newest_result()
+    if newest is None:
+        pytest.skip("no result JSON in benchmarks/results yet")
+    doc = run.load_result(newest)  # validates the schema
+    block = report.render_report(doc, f"benchmarks/results/{newest.name}")
+    assert report.replace_between_markers(readme, block) == readme, (
+        "benchmarks/README.md is stale: run `python -m benchmarks.run --report-only`"
+    )
+
+
+# --------------------------------------------------------------------------- rows, files
+
+
+def test_default_rows() -> None:
+    rows, notes = run.select_rows(None)
+    assert [r.name for r in rows] == [
+        "direct",
+        "haproxy-l4",
+        "haproxy-l7",
+        "pymesh-l4-uvloop",
+        "pymesh-l4-asyncio",
+        "pymesh-l7-httptools",
+        "pymesh-l7-h11",
+    ]
+    assert notes == []
+    assert {r.group for r in rows if r.baseline} == {"l4", "l7"}
+
+
+def test_selecting_a_row_adds_its_baseline() -> None:
+    rows, notes = run.select_rows("pymesh-l7-h11")
+    assert [r.name for r in rows] == ["haproxy-l7", "pymesh-l7-h11"]
+    assert notes == ["added baseline row haproxy-l7 (for pymesh-l7-h11's ratios)"]
+
+
+def test_selecting_all_and_unknown_rows() -> None:
+    rows, _ = run.select_rows("all")
+    assert len(rows) == len(run.ROWS)
+    with pytest.raises(ValueError, match="unknown row"):
+        run.select_rows("direct,nope")
+
+
+def test_every_row_group_has_one_baseline() -> None:
+    names = [r.name for r in run.ROWS]
+    assert len(names) == len(set(names))
+    for group in {r.group for r in run.ROWS} - {"direct"}:
+        assert sum(1 for r in run.ROWS if r.group == group and r.baseline) == 1, group
+
+
+def test_result_path_and_newest(tmp_path: Path) -> None:
+    doc = {"date": "2026-01-02T03:04:05Z", "commit": "abcdef0123-dirty"}
+    path = run.result_path(doc, tmp_path)
+    assert path.name == "20260102T030405Z-abcdef0.json"
+    assert run.newest_result(tmp_path) is None
+    (tmp_path / "20250101T000000Z-1111111.json").write_text("{}")
+    path.write_text("{}")
+    assert run.newest_result(tmp_path) == path
+
+
+def test_load_result_rejects_a_bad_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schema": report.SCHEMA}))
+    with pytest.raises(ValueError, match="missing 'commit'"):
+        run.load_result(bad)
+
+
+# --------------------------------------------------------------------------- peer configs
+
+
+def test_nginx_config() -> None:
+    cfg = peers.nginx_config(port=18081, tmp=Path("/tmp/x"))
+    for directive in (
+        "daemon off;",
+        "master_process off;",
+        "worker_processes 1;",
+        "access_log off;",
+        "listen 127.0.0.1:18081",
+        "keepalive_requests 1000000000;",
+    ):
+        assert directive in cfg
+    assert len(peers.BODY) == 100
+    assert f'return 200 "{"x" * 99}\\n";' in cfg
+    with pytest.raises(ValueError, match="quotes"):
+        peers.nginx_config(port=1, tmp=Path("/tmp"), body='a"b')
+
+
+@pytest.mark.parametrize("mode", ["tcp", "http"])
+def test_haproxy_config(mode: str) -> None:
+    cfg = peers.haproxy_config(mode=mode, port=18082, backend_port=18081)
+    assert "nbthread 1" in cfg
+    assert f"mode {mode}" in cfg
+    assert "bind 127.0.0.1:18082" in cfg
+    assert "server nginx 127.0.0.1:18081" in cfg
+    assert ("http-reuse" in cfg) == (mode == "http")
+
+
+def test_haproxy_config_rejects_other_modes() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        peers.haproxy_config(mode="udp", port=1, backend_port=2)
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "http"])
+def test_pymesh_config(protocol: str) -> None:
+    mesh, service = yaml.safe_load_all(peers.pymesh_config(protocol=protocol, backend_port=18081))
+    assert mesh == {
+        "apiVersion": "pymesh.io/v1alpha1",
+        "kind": "Mesh",
+        "metadata": {"name": "bench"},
+        "spec": {"trustDomain": "bench.local", "mtls": "DISABLE"},
+    }
+    assert service["kind"] == "Service"
+    assert service["metadata"] == {"name": "backend"}
+    assert service["spec"]["ports"] == [{"name": "web", "port": 8080, "protocol": protocol}]
+    assert service["spec"]["endpoints"] == [{"address": "127.0.0.1", "port": 18081}]
+
+
+def test_pymesh_argv() -> None:
+    argv = peers.pymesh_argv(
+        python="py",
+        config=Path("c.yaml"),
+        inbound=1,
+        outbound=2,
+        admin=3,
+        app=4,
+        codec="h11",
+        loop="asyncio",
+    )
+    assert argv[:4] == ["py", "-m", "pymesh", "proxy"]
+    joined = " ".join(argv)
+    for part in (
+        "--config c.yaml",
+        "--service backend",
+        "--inbound 127.0.0.1:1",
+        "--outbound 127.0.0.1:2",
+        "--admin 127.0.0.1:3",
+        "--app 127.0.0.1:4",
+        "--no-access-log",
+        "--http1-codec h11",
+        "--loop asyncio",
+    ):
+        assert part in joined
+    plain = peers.pymesh_argv(
+        python="py", config=Path("c.yaml"), inbound=1, outbound=2, admin=3, app=4
+    )
+    assert "--http1-codec" not in plain
+    assert "--loop" not in plain
+
+
+def test_pymesh_argv_is_accepted_by_the_cli_parser() -> None:
+    from pymesh.cli import build_parser
+
+    argv = peers.pymesh_argv(
+        python="py",
+        config=Path("c.yaml"),
+        inbound=1,
+        outbound=2,
+        admin=3,
+        app=4,
+        codec="h11",
+        loop="asyncio",
+    )
+    args = build_parser().parse_args(argv[3:])
+    assert (args.command, args.service, args.http1_codec, args.loop) == (
+        "proxy",
+        "backend",
+        "h11",
+        "asyncio",
+    )
+    assert args.no_access_log is True
+
+
+def test_process_cpu_seconds_tracks_this_process() -> None:
+    pid = os.getpid()
+    before, own_before = peers.process_cpu_seconds(pid), time.process_time()
+    deadline = time.process_time() + 0.05
+    n = 0
+    while time.process_time() < deadline and n < 10**8:
+        n += 1
+    used = peers.process_cpu_seconds(pid) - before
+    own = time.process_time() - own_before
+    assert own >= 0.05
+    assert used == pytest.approx(own, rel=0.2, abs=0.01)
+
+
+# --------------------------------------------------------------------------- interference
+
+PROC_STAT = """\
+cpu  300 0 100 5000 10 0 5 0 0 0
+cpu0 200 0 50 2000 5 0 5 0 0 0
+cpu1 100 0 50 3000 5 0 0 7 0 0
+intr 12345
+"""
+
+
+def test_parse_proc_stat() -> None:
+    ticks = machine.parse_proc_stat(PROC_STAT)
+    assert ticks == {
+        0: machine.CoreTicks(busy=255, total=2260),
+        1: machine.CoreTicks(busy=157, total=3162),
+    }
+
+
+def test_busy_share_between_readings() -> None:
+    before = {0: machine.CoreTicks(100, 1000), 1: machine.CoreTicks(0, 1000)}
+    after = {0: machine.CoreTicks(150, 1100), 1: machine.CoreTicks(0, 1100)}
+    assert machine.busy_fraction(before, after, 0) == pytest.approx(0.5)
+    assert machine.busy_fraction(before, after, 1) == 0.0
+    assert machine.busy_fraction(before, after, 2) is None
+    assert machine.busy_seconds(before, after, 2) is None
+
+
+def test_interference_notes() -> None:
+    doc = _sample_doc()
+    rows = {row["name"]: row for row in doc["rows"]}
+    for run_ in rows["pymesh-l4-uvloop"]["runs"]:
+        run_["saturation"]["interference"] = {"proxy_core_foreign": 0.02}
+    noisy = copy.deepcopy(rows["haproxy-l4"]["runs"][0])
+    noisy["fixed_rate"]["interference"] = {"proxy_core_foreign": 0.3, "load_core_foreign": 0.01}
+    rows["haproxy-l4"]["runs"] = [noisy]
+    assert report.interference_notes(doc["rows"]) == [
+        "haproxy-l4: other programs took up to 30% of the proxy core (median 30%) during its runs"
+    ]
