@@ -95,9 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     base = 2_000 if args.quick else 20_000
 
     print(f"{'codec':10} {'case':28} {'µs/message':>10}")
-    for codec in ("httptools", "h11"):
+    codecs: tuple[Codec, ...] = ("httptools", "h11")
+    for codec in codecs:
         number = base if codec == "httptools" else max(200, base // 10)
-        for name, fn, per_call in cases(codec):  # type: ignore[arg-type]
+        for name, fn, per_call in cases(codec):
             us = measure(fn, number, rounds) / per_call
             print(f"{codec:10} {name:28} {us:10.2f}")
     serialisers: list[tuple[str, Callable[[], object]]] = [

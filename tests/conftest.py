@@ -17,7 +17,7 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "uvloop": uvloop.new_event_loop,
 }
 
-_BOTH_LOOPS_DIRS = ("integration", "proxy", "observe")
+_BOTH_LOOPS_DIRS = ("integration", "proxy", "observe", "fuzz")
 
 
 def pytest_asyncio_loop_factories(

@@ -483,8 +483,16 @@ class ChunkScanner:
                 take = min(self._left, n - pos)
                 pos += take
                 self._left -= take
-                if not self._left:
+                if self._left:
+                    continue
+                if n - pos < 2:
                     self._state = _DATA_CR
+                    continue
+                self.good = pos
+                if data[pos] != 0x0D or data[pos + 1] != 0x0A:
+                    raise bad_request("chunk data not followed by CRLF")
+                pos += 2
+                self._state = _SIZE
             elif state == _SIZE:
                 limit = self._limits.max_chunk_line
                 nl = data.find(b"\n", pos, pos + limit)

@@ -93,7 +93,7 @@ class HttpSettings:
     idle_timeout: float = 60.0
     connect_timeout: float = 5.0
     allow_connect: bool = False
-    absolute_form: bool = False  # accept http_proxy-style absolute-form targets
+    absolute_form: bool = True  # accept absolute-form targets (RFC 9112 §3.2.2: servers MUST)
 
 
 @final
@@ -135,6 +135,7 @@ class H1Connection(asyncio.Protocol):
         "_body",
         "_client_ip",
         "_drain",
+        "_eof",
         "_head_pending",
         "_pending",
         "_read_paused",
@@ -166,6 +167,7 @@ class H1Connection(asyncio.Protocol):
         self._read_paused = False
         self._request_complete = True
         self._response_started = False
+        self._eof = False  # the client half-closed: answer what is in flight, then close
         self.busy = False
         self.closed = False
         self.peer = "-"
@@ -198,6 +200,19 @@ class H1Connection(asyncio.Protocol):
             self._arm_header_timer()
 
     def eof_received(self) -> bool:
+        self._eof = True
+        try:
+            events = self.parser.feed_eof()
+        except RemoteProtocolError as exc:
+            if self.busy and self._request_complete:
+                # A fragment of a next request, then EOF: finish the one in flight and close
+                # (nothing of the fragment was forwarded).
+                return True
+            # The client closed in the middle of a request: its fault (400), not upstream's.
+            self._protocol_error(exc)
+            return False
+        if events:
+            self._handle(events)
         body = self._body
         if body is not None:
             body.abort(RemoteProtocolError("client closed the connection mid-body"))
@@ -445,7 +460,7 @@ class H1Connection(asyncio.Protocol):
         self._response_started = True
         status = response.status
         http10 = request.http_version == b"1.0"
-        if not self._request_complete or self.state.draining:
+        if not self._request_complete or self.state.draining or (self._eof and not self._pending):
             keep_alive = False  # the client is still sending a body nobody will read
         head_only = request.method == b"HEAD" or status in _NO_BODY_STATUS or status < 200
         out: Headers = []
@@ -525,7 +540,7 @@ class H1Connection(asyncio.Protocol):
         self.busy = False
         if self.closed:
             return
-        if not keep_alive:
+        if not keep_alive or (self._eof and not self._pending):
             self._close()
             return
         self._arm_idle()

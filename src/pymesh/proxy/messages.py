@@ -173,6 +173,24 @@ class Body:
             return b""
         return None
 
+    async def wait_ready(self, limit: int) -> None:
+        """Wait until the body is complete or at least `limit` bytes are buffered.
+
+        Raises if the producer failed. `limit` must be below the high-water mark (else the
+        producer would be paused while we wait for more).
+        """
+        cb = self.on_first_read
+        if cb is not None:
+            self.on_first_read = None
+            cb()
+        while not self.eof and self._buffered < limit:
+            if self._error is not None:
+                raise self._error
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        if self._error is not None and not self._buffer:
+            raise self._error
+
     async def read(self) -> bytes:
         """The next bytes of the body; b"" at the end. Raises if the producer failed."""
         cb = self.on_first_read

@@ -10,10 +10,11 @@ first whose protocol fits the request; an unknown name or port is `NoRoute` (404
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, final
 
-from pymesh.errors import NoHealthyUpstream, NoRoute, UpstreamReset
+from pymesh.errors import NoHealthyUpstream, NoRoute, RequestTimeout, UpstreamReset
 from pymesh.policy.model import Resource, ServicePort
 from pymesh.policy.snapshot import Mesh
 from pymesh.proxy.chain import HttpFilter, HttpService, compose
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 Kind = Literal["http1", "http2", "tcp"]
+BUFFER_BEFORE_FORWARD = 64 * 1024  # body bytes gathered before a request goes upstream
 _FITS: dict[Kind, frozenset[str | None]] = {
     "http1": frozenset({"http", None}),
     "http2": frozenset({"http2", "grpc", None}),
@@ -97,13 +99,24 @@ class Forwarder:
     connection when it has no body: nothing reached the application.
     """
 
-    __slots__ = ("cluster", "pools")
+    __slots__ = ("body_timeout", "cluster", "pools")
 
-    def __init__(self, cluster: Cluster, pools: PoolManager) -> None:
+    def __init__(self, cluster: Cluster, pools: PoolManager, body_timeout: float = 60.0) -> None:
         self.cluster = cluster
         self.pools = pools
+        self.body_timeout = body_timeout
 
     async def __call__(self, request: Request) -> Response:
+        body = request.body
+        if body is not None and not body.eof:
+            # Small bodies are gathered before anything goes upstream (nginx's request
+            # buffering, bounded): a request that turns out truncated or malformed never
+            # reaches the application, and a slow client holds no upstream connection.
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    await body.wait_ready(BUFFER_BEFORE_FORWARD)
+            except TimeoutError as exc:
+                raise RequestTimeout("request body not received in time") from exc
         address = self.cluster.pick()
         if address is None:
             raise NoHealthyUpstream(f"service {self.cluster.name} has no endpoints")
