@@ -14,10 +14,10 @@ import re
 from collections.abc import Iterable
 
 import pytest
-
-from pymesh.proxy.sidecar import Sidecar
 from tests.fuzz.smuggling_corpus import CORPUS, mutations
 from tests.helpers import Backend, mesh_for, sidecar
+
+from pymesh.proxy.sidecar import Sidecar
 
 N_MUTATIONS = int(os.environ.get("PYMESH_FUZZ_MUTATIONS", "10000"))
 _STATUS = re.compile(rb"(?:\A|\n)HTTP/1\.[01] (\d{3}) ")
@@ -46,8 +46,9 @@ def _verdict(out: bytes) -> tuple[tuple[int, ...], bool]:
     return statuses, rejected
 
 
-async def _run_all(sc: Sidecar, app: Backend, inputs: Iterable[bytes]
-                   ) -> list[tuple[tuple[int, ...], bool, int]]:
+async def _run_all(
+    sc: Sidecar, app: Backend, inputs: Iterable[bytes]
+) -> list[tuple[tuple[int, ...], bool, int]]:
     out = []
     for data in inputs:
         before = app.raw_bytes
@@ -63,14 +64,22 @@ async def test_corpus_and_mutations_live_both_codecs_agree() -> None:
     inputs = [CORPUS[n][0] for n in names] + list(mutations(20261125, N_MUTATIONS))
     async with Backend() as app1, Backend() as app2:
         m1 = mesh_for({"svc": ([(80, "http")], [])})
-        async with sidecar(m1, "svc", app=app1.address, http1_codec="httptools") as s1, \
-                sidecar(m1, "svc", app=app2.address, http1_codec="h11") as s2:
+        async with (
+            sidecar(m1, "svc", app=app1.address, http1_codec="httptools") as s1,
+            sidecar(m1, "svc", app=app2.address, http1_codec="h11") as s2,
+        ):
             r1, r2 = await asyncio.gather(_run_all(s1, app1, inputs), _run_all(s2, app2, inputs))
-    mismatches = [(i, inputs[i][:200], a, b) for i, (a, b) in enumerate(zip(r1, r2, strict=True))
-                  if a[:2] != b[:2]]
+    mismatches = [
+        (i, inputs[i][:200], a, b)
+        for i, (a, b) in enumerate(zip(r1, r2, strict=True))
+        if a[:2] != b[:2]
+    ]
     assert not mismatches, mismatches[:5]
-    leaks = [(i, inputs[i % len(inputs)][:300], a) for i, a in enumerate(r1 + r2)
-             if a[1] and len(a[0]) <= 1 and a[2] != 0]  # rejected before any response
+    leaks = [
+        (i, inputs[i % len(inputs)][:300], a)
+        for i, a in enumerate(r1 + r2)
+        if a[1] and len(a[0]) <= 1 and a[2] != 0
+    ]  # rejected before any response
     assert not leaks, leaks[:5]
     # the named corpus: the expected verdict, live
     for i, name in enumerate(names):

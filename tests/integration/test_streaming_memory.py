@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -52,7 +53,7 @@ class BulkBackend(asyncio.Protocol):
     `rate` limits how fast it reads (bytes/s), for the slow-reader test."""
 
     rate: float | None = None
-    received_total = 0
+    open: set[asyncio.Transport]
 
     def __init__(self) -> None:
         self.buf = b""
@@ -62,8 +63,8 @@ class BulkBackend(asyncio.Protocol):
         self._resume: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.open.add(self.transport)
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
@@ -86,7 +87,6 @@ class BulkBackend(asyncio.Protocol):
                     length = int(v)
             self.remaining = length
         self.count += len(data)
-        BulkBackend.received_total += len(data)
         self.remaining -= len(data)
         if self.rate is not None:
             self.transport.pause_reading()
@@ -118,6 +118,8 @@ class BulkBackend(asyncio.Protocol):
             self.left -= n
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.open.discard(self.transport)
         if self._resume is not None:
             self._resume.cancel()
 
@@ -130,11 +132,15 @@ async def bulk_backend(rate: float | None = None) -> AsyncIterator[int]:
         pass
 
     Backend.rate = rate
+    Backend.open = set()
     srv = await loop.create_server(Backend, "127.0.0.1", 0)
     try:
         yield int(srv.sockets[0].getsockname()[1])
     finally:
         srv.close()
+        for t in list(Backend.open):
+            t.abort()
+        await asyncio.sleep(0)
 
 
 @contextlib.contextmanager
@@ -154,6 +160,8 @@ def sidecar_process(tmp_path: Path, app_port: int) -> Iterator[tuple[int, int]]:
             "--service",
             "bulk",
             "--no-access-log",
+            "--drain-timeout",
+            "2",
             "--log-level",
             "warning",
             "--inbound",

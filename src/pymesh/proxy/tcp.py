@@ -70,9 +70,9 @@ class Connection:
     __slots__ = (
         "close_reason",
         "connection_security_policy",
-        "eof",
         "destination_service",
         "downstream_addr",
+        "eof",
         "initial",
         "listener",
         "source_principal",
@@ -108,8 +108,7 @@ class Holding(asyncio.Protocol):
 
     __slots__ = ("conn", "limit", "transport")
 
-    def __init__(self, conn: Connection, transport: asyncio.Transport, limit: int = 65536
-                 ) -> None:
+    def __init__(self, conn: Connection, transport: asyncio.Transport, limit: int = 65536) -> None:
         self.conn = conn
         self.transport = transport
         self.limit = limit
@@ -225,7 +224,7 @@ class TcpSide(asyncio.Protocol):
         ):
             return
         for side in (self, peer):
-            if side is not None and side.transport is not None and not side.transport.is_closing():
+            if side.transport is not None and not side.transport.is_closing():
                 side.transport.close()
 
 
