@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import h11
 
 from pymesh.policy.model import Endpoint, MeshSpec, ServicePort, ServiceSpec
 from pymesh.policy.snapshot import Mesh
+from pymesh.proxy.messages import get_header
 from pymesh.proxy.sidecar import Sidecar
 
 Handler = Callable[["BackendRequest"], Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes]]]
@@ -30,10 +35,7 @@ class BackendRequest:
     body: bytes
 
     def header(self, name: bytes) -> bytes | None:
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None
+        return get_header(self.headers, name)
 
 
 async def echo_handler(req: BackendRequest) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -169,10 +171,7 @@ class Reply:
     body: bytes
 
     def header(self, name: bytes) -> bytes | None:
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None
+        return get_header(self.headers, name)
 
 
 class Client:
@@ -245,3 +244,108 @@ async def raw_exchange(address: tuple[str, int], data: bytes, timeout: float = 5
         return bytes(out)
     finally:
         w.close()
+
+
+# -- sidecars as real processes -------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def one_service_yaml(service: str, port: int, protocol: str, endpoint_port: int) -> str:
+    """A mesh (mTLS off) with one Service whose only endpoint is 127.0.0.1:endpoint_port."""
+    return (
+        "apiVersion: pymesh.io/v1alpha1\nkind: Mesh\nmetadata: {name: test}\n"
+        "spec: {trustDomain: test.local, mtls: DISABLE}\n---\n"
+        "apiVersion: pymesh.io/v1alpha1\nkind: Service\n"
+        f"metadata: {{name: {service}}}\nspec:\n  serviceAccount: {service}\n"
+        f"  ports: [{{name: p, port: {port}, protocol: {protocol}}}]\n"
+        f"  endpoints: [{{address: 127.0.0.1, port: {endpoint_port}}}]\n"
+    )
+
+
+class SidecarProcess:
+    """`python -m pymesh proxy` for the one service of `config_text`, on free ports.
+
+    The inbound port is chosen first, so a config may name it as the service's endpoint:
+    pass `config_text` as a function of the inbound port.
+    """
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        config: str | Callable[[int], str],
+        service: str,
+        app: tuple[str, int],
+        *extra: str,
+        name: str = "sidecar",
+    ) -> None:
+        self.inbound, self.outbound, self.admin = free_port(), free_port(), free_port()
+        self.log = tmp_path / f"{name}.log"
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(config(self.inbound) if callable(config) else config)
+        with self.log.open("wb") as log:  # the child keeps its own copy of the descriptor
+            self.p = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pymesh",
+                    "proxy",
+                    "--config",
+                    str(cfg),
+                    "--service",
+                    service,
+                    "--inbound",
+                    f"127.0.0.1:{self.inbound}",
+                    "--outbound",
+                    f"127.0.0.1:{self.outbound}",
+                    "--admin",
+                    f"127.0.0.1:{self.admin}",
+                    "--app",
+                    f"{app[0]}:{app[1]}",
+                    *extra,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid
+
+    async def ready(self, timeout: float = 15.0) -> None:
+        """Wait for `GET /ready` to answer 200."""
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    r, w = await asyncio.open_connection("127.0.0.1", self.admin)
+                    w.write(b"GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                    data = await r.read()
+                    w.close()
+                    if data.startswith(b"HTTP/1.1 200"):
+                        return
+                except OSError:
+                    pass
+                assert self.p.poll() is None, self.log.read_text()
+                await asyncio.sleep(0.05)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL after `timeout`; the exit code."""
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        return self.p.returncode
+
+    def __enter__(self) -> SidecarProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

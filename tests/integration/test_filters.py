@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-from tests.helpers import Backend, Client, mesh_for, sidecar
+from tests.helpers import Backend, Client, free_port, mesh_for, sidecar
 
 from pymesh.errors import ProxyError
 from pymesh.proxy.chain import HttpService
@@ -75,12 +74,6 @@ sys.exit(pymesh.run(mesh, "orders", filters=[Stamp()], loop="asyncio",
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_pymesh_run_takes_user_filters(tmp_path: Path) -> None:
     async with Backend() as app:
         cfg = tmp_path / "mesh.yaml"
@@ -101,7 +94,7 @@ async def test_pymesh_run_takes_user_filters(tmp_path: Path) -> None:
         )
         script = tmp_path / "run.py"
         script.write_text(_RUN_SCRIPT)
-        inbound = _free_port()
+        inbound = free_port()
         proc = subprocess.Popen(
             [sys.executable, str(script), str(cfg), str(inbound), str(app.address[1])],
             stdout=subprocess.DEVNULL,
@@ -109,10 +102,10 @@ async def test_pymesh_run_takes_user_filters(tmp_path: Path) -> None:
         )
         try:
             async with asyncio.timeout(15):
-                while True:
+                c: Client | None = None
+                while c is None:
                     try:
                         c = await Client.connect(("127.0.0.1", inbound))
-                        break
                     except OSError:
                         assert proc.poll() is None
                         await asyncio.sleep(0.05)

@@ -6,88 +6,16 @@ import asyncio
 import json
 import signal
 import socket
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.helpers import Backend, BackendRequest, Client
-
-_CONFIG = """\
-apiVersion: pymesh.io/v1alpha1
-kind: Mesh
-metadata: {{name: proc}}
-spec: {{trustDomain: proc.local, mtls: DISABLE}}
----
-apiVersion: pymesh.io/v1alpha1
-kind: Service
-metadata: {{name: orders}}
-spec:
-  serviceAccount: orders
-  ports: [{{name: http, port: 8080, protocol: http}}]
-  endpoints: [{{address: 127.0.0.1, port: {inbound}}}]
-"""
+from tests.helpers import Backend, BackendRequest, Client, SidecarProcess, one_service_yaml
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Proc:
-    def __init__(self, tmp_path: Path, app: tuple[str, int], *extra: str) -> None:
-        self.inbound, self.outbound, self.admin = _free_port(), _free_port(), _free_port()
-        self.log = tmp_path / "sidecar.log"
-        cfg = tmp_path / "mesh.yaml"
-        cfg.write_text(_CONFIG.format(inbound=self.inbound))
-        log = self.log.open("wb")
-        self.p = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pymesh",
-                "proxy",
-                "--config",
-                str(cfg),
-                "--service",
-                "orders",
-                "--inbound",
-                f"127.0.0.1:{self.inbound}",
-                "--outbound",
-                f"127.0.0.1:{self.outbound}",
-                "--admin",
-                f"127.0.0.1:{self.admin}",
-                "--app",
-                f"{app[0]}:{app[1]}",
-                *extra,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-        log.close()  # the child has its own copy
-
-    async def ready(self) -> None:
-        async with asyncio.timeout(15):
-            while True:
-                try:
-                    r, w = await asyncio.open_connection("127.0.0.1", self.admin)
-                    w.write(b"GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-                    data = await r.read()
-                    w.close()
-                    if data.startswith(b"HTTP/1.1 200"):
-                        return
-                except OSError:
-                    pass
-                assert self.p.poll() is None, self.log.read_text()
-                await asyncio.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            self.p.kill()
-        self.p.wait()
+def _config(inbound: int) -> str:
+    return one_service_yaml("orders", 8080, "http", inbound)
 
 
 def _get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
@@ -103,7 +31,7 @@ async def test_sigterm_lets_the_response_finish_refuses_new_and_exits_0(tmp_path
         return 200, [], b"finished"
 
     async with Backend(handler=slow) as app:
-        proc = Proc(tmp_path, app.address)
+        proc = SidecarProcess(tmp_path, _config, "orders", app.address)
         try:
             await proc.ready()
             c = await Client.connect(("127.0.0.1", proc.inbound))
@@ -127,7 +55,7 @@ async def test_sigterm_lets_the_response_finish_refuses_new_and_exits_0(tmp_path
 @pytest.mark.asyncio(loop_factories=["asyncio"])
 async def test_admin_endpoints_and_metrics_parse(tmp_path: Path) -> None:
     async with Backend() as app:
-        proc = Proc(tmp_path, app.address, "--no-access-log")
+        proc = SidecarProcess(tmp_path, _config, "orders", app.address, "--no-access-log")
         try:
             await proc.ready()
             c = await Client.connect(("127.0.0.1", proc.outbound))

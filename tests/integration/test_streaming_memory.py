@@ -7,38 +7,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import cast
 
 import pytest
+from tests.helpers import SidecarProcess, one_service_yaml
 
 GIB = 1024 * 1024 * 1024
 MIB = 1024 * 1024
-
-_CONFIG = """\
-apiVersion: pymesh.io/v1alpha1
-kind: Mesh
-metadata: {{name: stream}}
-spec: {{trustDomain: stream.local, mtls: DISABLE}}
----
-apiVersion: pymesh.io/v1alpha1
-kind: Service
-metadata: {{name: bulk}}
-spec:
-  serviceAccount: bulk
-  ports: [{{name: http, port: 8080, protocol: http}}]
-  endpoints: [{{address: 127.0.0.1, port: {port}}}]
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _status(pid: int, key: str) -> int:
@@ -145,53 +123,25 @@ async def bulk_backend(rate: float | None = None) -> AsyncIterator[int]:
 
 @contextlib.contextmanager
 def sidecar_process(tmp_path: Path, app_port: int) -> Iterator[tuple[int, int]]:
-    cfg = tmp_path / "mesh.yaml"
-    cfg.write_text(_CONFIG.format(port=app_port))
-    inbound = _free_port()
-    log = (tmp_path / "sidecar.log").open("wb")
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pymesh",
-            "proxy",
-            "--config",
-            str(cfg),
-            "--service",
-            "bulk",
-            "--no-access-log",
-            "--drain-timeout",
-            "2",
-            "--log-level",
-            "warning",
-            "--inbound",
-            f"127.0.0.1:{inbound}",
-            "--outbound",
-            f"127.0.0.1:{_free_port()}",
-            "--admin",
-            f"127.0.0.1:{_free_port()}",
-            "--app",
-            f"127.0.0.1:{app_port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    log.close()  # the child has its own copy
-    try:
+    config = one_service_yaml("bulk", 8080, "http", app_port)
+    with SidecarProcess(
+        tmp_path,
+        config,
+        "bulk",
+        ("127.0.0.1", app_port),
+        "--no-access-log",
+        "--drain-timeout",
+        "2",
+        "--log-level",
+        "warning",
+    ) as proc:
         for _ in range(200):
             try:
-                socket.create_connection(("127.0.0.1", inbound), timeout=1).close()
+                socket.create_connection(("127.0.0.1", proc.inbound), timeout=1).close()
                 break
             except OSError:
                 time.sleep(0.05)
-        yield p.pid, inbound
-    finally:
-        p.terminate()
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        yield proc.pid, proc.inbound
 
 
 async def _upload(port: int, size: int) -> bytes:

@@ -7,13 +7,11 @@ import contextlib
 import os
 import socket
 import struct
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.helpers import mesh_for, sidecar
+from tests.helpers import SidecarProcess, mesh_for, one_service_yaml, sidecar
 
 
 @contextlib.asynccontextmanager
@@ -145,27 +143,6 @@ async def test_large_transfer_with_backpressure() -> None:
 
 CHURN_SECONDS = float(os.environ.get("PYMESH_CHURN_SECONDS", "30"))
 
-_CONFIG = """\
-apiVersion: pymesh.io/v1alpha1
-kind: Mesh
-metadata: {{name: churn}}
-spec: {{trustDomain: churn.local, mtls: DISABLE}}
----
-apiVersion: pymesh.io/v1alpha1
-kind: Service
-metadata: {{name: echo}}
-spec:
-  serviceAccount: echo
-  ports: [{{name: tcp, port: 7000, protocol: tcp}}]
-  endpoints: [{{address: 127.0.0.1, port: {port}}}]
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def _fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
@@ -205,71 +182,44 @@ async def _churn_client(addr: tuple[str, int], deadline: float, stats: dict[str,
 @pytest.mark.asyncio(loop_factories=["asyncio"])
 async def test_churn_on_both_loops_no_crash_no_fd_growth(tmp_path: Path) -> None:
     async with tcp_server("echo-after-eof") as app:
-        cfg = tmp_path / "mesh.yaml"
-        cfg.write_text(_CONFIG.format(port=app[1]))
-        procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+        config = one_service_yaml("echo", 7000, "tcp", app[1])
+        procs = {
+            loop_name: SidecarProcess(
+                tmp_path,
+                config,
+                "echo",
+                app,
+                "--loop",
+                loop_name,
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                name=loop_name,
+            )
+            for loop_name in ("uvloop", "asyncio")
+        }
         try:
-            for loop_name in ("uvloop", "asyncio"):
-                inbound = _free_port()
-                log = (tmp_path / f"{loop_name}.log").open("wb")
-                p = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "pymesh",
-                        "proxy",
-                        "--config",
-                        str(cfg),
-                        "--service",
-                        "echo",
-                        "--loop",
-                        loop_name,
-                        "--no-access-log",
-                        "--log-level",
-                        "warning",
-                        "--inbound",
-                        f"127.0.0.1:{inbound}",
-                        "--outbound",
-                        f"127.0.0.1:{_free_port()}",
-                        "--admin",
-                        f"127.0.0.1:{_free_port()}",
-                        "--app",
-                        f"127.0.0.1:{app[1]}",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=log,
-                )
-                log.close()  # the child has its own copy
-                procs[loop_name] = (p, inbound)
-            for _p, inbound in procs.values():
-                for _ in range(100):
-                    with contextlib.suppress(OSError):
-                        socket.create_connection(("127.0.0.1", inbound), timeout=1).close()
-                        break
-                    await asyncio.sleep(0.05)
-            fds_before = {name: _fd_count(p.pid) for name, (p, _) in procs.items()}
+            for proc in procs.values():
+                await proc.ready()
+            fds_before = {name: _fd_count(p.pid) for name, p in procs.items()}
             loop = asyncio.get_running_loop()
             deadline = loop.time() + CHURN_SECONDS
             stats = {name: {"ok": 0, "bad": 0, "errors": 0, "resets": 0} for name in procs}
             async with asyncio.TaskGroup() as tg:
-                for name, (_, inbound) in procs.items():
+                for name, p in procs.items():
                     for _ in range(8):
-                        tg.create_task(_churn_client(("127.0.0.1", inbound), deadline, stats[name]))
+                        tg.create_task(
+                            _churn_client(("127.0.0.1", p.inbound), deadline, stats[name])
+                        )
             await asyncio.sleep(1.0)  # let closes settle
-            fds_after = {name: _fd_count(p.pid) for name, (p, _) in procs.items()}
-            for name, (p, _) in procs.items():
-                assert p.poll() is None, (name, (tmp_path / f"{name}.log").read_text())
+            fds_after = {name: _fd_count(p.pid) for name, p in procs.items()}
+            for name, p in procs.items():
+                assert p.p.poll() is None, (name, p.log.read_text())
         finally:
-            for p, _ in procs.values():
-                p.terminate()
-            for p, _ in procs.values():
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        for name, (p, _) in procs.items():
-            assert p.returncode == 0, (name, p.returncode, (tmp_path / f"{name}.log").read_text())
+            codes = {name: await asyncio.to_thread(p.stop) for name, p in procs.items()}
+        for name, p in procs.items():
+            assert codes[name] == 0, (name, codes[name], p.log.read_text())
+    print("churn:", stats)  # the closing note quotes these figures
     for name, s in stats.items():
         assert s["ok"] > 500, (name, s)
         assert s["bad"] == 0, (name, s)

@@ -26,6 +26,7 @@ import structlog
 
 from pymesh.errors import ProxyError, RemoteProtocolError, RequestTimeout
 from pymesh.proxy.events import EndOfMessage, RequestHead
+from pymesh.proxy.flow import WriteFlow
 from pymesh.proxy.http1 import (
     Limits,
     encode_chunk,
@@ -134,7 +135,6 @@ class H1Connection(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_client_ip",
-        "_drain",
         "_eof",
         "_head_pending",
         "_pending",
@@ -143,9 +143,9 @@ class H1Connection(asyncio.Protocol):
         "_response_started",
         "_task",
         "_timer",
-        "_write_paused",
         "busy",
         "closed",
+        "flow",
         "parser",
         "peer",
         "state",
@@ -162,8 +162,7 @@ class H1Connection(asyncio.Protocol):
         self._pending: deque[RequestHead | bytes | EndOfMessage] = deque()
         self._body: Body | None = None  # the request body being received
         self._task: asyncio.Task[None] | None = None
-        self._drain: asyncio.Future[None] | None = None
-        self._write_paused = False
+        self.flow = WriteFlow()
         self._read_paused = False
         self._request_complete = True
         self._response_started = False
@@ -234,20 +233,13 @@ class H1Connection(asyncio.Protocol):
         task = self._task
         if task is not None and not task.done():
             task.cancel()
-        d = self._drain
-        if d is not None and not d.done():
-            d.set_result(None)
+        self.flow.close()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.flow.pause()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        d = self._drain
-        if d is not None:
-            self._drain = None
-            if not d.done():
-                d.set_result(None)
+        self.flow.resume()
 
     # -- timers -------------------------------------------------------------------------
     def _cancel_timer(self) -> None:
@@ -517,8 +509,8 @@ class H1Connection(asyncio.Protocol):
                         break
                     sent += len(data)
                     t.write(encode_chunk(data) if chunked else data)
-                    if self._write_paused:
-                        await self._wait_drain()
+                    if self.flow.paused:
+                        await self.flow.drain()
                         if self.closed:
                             raise ConnectionResetError("client connection lost")
                     data = None
@@ -528,12 +520,6 @@ class H1Connection(asyncio.Protocol):
         if response.release is not None:
             response.release(True)
         return keep_alive
-
-    async def _wait_drain(self) -> None:
-        if self._write_paused and not self.closed:
-            fut = asyncio.get_running_loop().create_future()
-            self._drain = fut
-            await fut
 
     def _finish_exchange(self, keep_alive: bool) -> None:
         self._task = None

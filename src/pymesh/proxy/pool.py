@@ -19,6 +19,7 @@ import structlog
 
 from pymesh.errors import RemoteProtocolError, UpstreamConnectError, UpstreamReset
 from pymesh.proxy.events import EndOfMessage, ResponseHead
+from pymesh.proxy.flow import WriteFlow
 from pymesh.proxy.http1 import (
     Limits,
     encode_chunk,
@@ -41,15 +42,14 @@ class UpstreamConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to an upstream endpoint (owned by a `Pool`)."""
 
     __slots__ = (
-        "_drain",
         "_gen",
         "_head_fut",
         "_pool",
         "_request_done",
         "_response_done",
-        "_write_paused",
         "body",
         "closed",
+        "flow",
         "got_bytes",
         "idle_since",
         "keep_alive",
@@ -64,8 +64,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._head_fut: asyncio.Future[Response] | None = None
         self.body: Body | None = None
-        self._drain: asyncio.Future[None] | None = None
-        self._write_paused = False
+        self.flow = WriteFlow()
         self._request_done = True
         self._response_done = True
         self._gen = 0
@@ -112,20 +111,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._pool.forget(self)
         if not self._response_done:
             self._fail(UpstreamReset(f"upstream connection lost: {exc or 'closed'}"))
-        d = self._drain
-        if d is not None and not d.done():
-            d.set_result(None)
+        self.flow.close()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.flow.pause()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        d = self._drain
-        if d is not None:
-            self._drain = None
-            if not d.done():
-                d.set_result(None)
+        self.flow.resume()
 
     # -- exchange -----------------------------------------------------------------------
     def _dispatch(self, events: list[ResponseHead | bytes | EndOfMessage]) -> None:
@@ -209,13 +201,6 @@ class UpstreamConnection(asyncio.Protocol):
         if t is not None and not t.is_closing():
             t.close()
 
-    async def drain(self) -> None:
-        """Wait until the transport's write buffer is below its high-water mark."""
-        if self._write_paused and not self.closed:
-            fut = asyncio.get_running_loop().create_future()
-            self._drain = fut
-            await fut
-
     async def exchange(self, request: Request, head: bytes) -> Response:
         """Send `request` (head already serialised) and return the response once its head
         arrives; the body keeps streaming into `response.body`."""
@@ -272,8 +257,8 @@ class UpstreamConnection(asyncio.Protocol):
                         t.write(encode_last_chunk(body.trailers))
                     break
                 t.write(encode_chunk(data) if chunked else data)
-                if self._write_paused:
-                    await self.drain()
+                if self.flow.paused:
+                    await self.flow.drain()
         except Exception as exc:  # the client side failed mid-body: the upstream is unusable
             _log.debug("request_body_aborted", error=repr(exc))
             self._fail(UpstreamReset(f"request body aborted: {exc}"))
