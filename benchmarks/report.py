@@ -9,11 +9,15 @@ Document (`SCHEMA` = "pymesh-bench/1"), every latency in µs, every CPU figure i
     {"schema", "commit", "date", "python", "loop", "machine", "pinning", "settings", "tools",
      "notes": [str],
      "rows": [{"name", "label", "group", "baseline", "status": "ok"|"skipped"|"failed",
-               "note", "runs": [{"saturation": M, "fixed_rate": M}],
+               "note", "runs": [{"saturation": M, "fixed_rate": M, "discarded": [M...]}],
                "median": {MEDIAN_KEYS...} | null,
                "ratios": {"baseline", "rps", "cpu_fixed", "cpu_sat", "p99"} | null}]}
     M = {"requests", "duration_s", "rps", "latency_avg_us", "latency_max_us",
-         "percentiles_us": {"50", "75", "90", "99"}, "errors", "proxy_cpu_s", "cpu_us_per_req"}
+         "percentiles_us": {"50", "75", "90", "99"}, "errors", "proxy_cpu_s", "cpu_us_per_req",
+         "interference": {"settle_wait_s", "busy_before", "load_core_foreign",
+                          "proxy_core_foreign"}}
+    ("discarded": measurements repeated because other programs were busy, each with its
+    "kind"; "interference" shares are of one core, 0.2 = 20 %.)
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ __all__ = [
     "compute_ratios",
     "fmt_latency",
     "interference_notes",
+    "interference_of",
     "median_of_runs",
     "render_goals",
     "render_report",
@@ -152,6 +157,15 @@ def summarize_rows(rows: list[Json]) -> None:
         row["ratios"] = ratios[row["name"]]
 
 
+def interference_of(m: Mapping[str, Any], *, proxy: bool = True) -> float:
+    """The largest share of a pinned core other programs took during measurement `m`
+    (the proxy core counts only where there is a proxy); 0.0 when not recorded."""
+    info = m.get("interference") or {}
+    keys = ("load_core_foreign", "proxy_core_foreign") if proxy else ("load_core_foreign",)
+    values = [float(v) for k in keys if isinstance(v := info.get(k), int | float)]
+    return max(values, default=0.0)
+
+
 def interference_notes(rows: Sequence[Mapping[str, Any]], threshold: float = 0.05) -> list[str]:
     """A note per row where other programs took more than `threshold` of a pinned core
     during one of its measurements (from each measurement's optional "interference")."""
@@ -161,8 +175,9 @@ def interference_notes(rows: Sequence[Mapping[str, Any]], threshold: float = 0.0
         for run in row["runs"]:
             for m in ("saturation", "fixed_rate"):
                 info = run[m].get("interference") or {}
+                proxy = run[m].get("proxy_cpu_s") is not None
                 for key, values in worst.items():
-                    if isinstance(info.get(key), int | float):
+                    if isinstance(info.get(key), int | float) and (proxy or key[0] == "l"):
                         values.append(float(info[key]))
         parts = [
             f"up to {max(values):.0%} of the {key.split('_')[0]} core "

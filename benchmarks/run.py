@@ -70,6 +70,8 @@ class Settings:
     load_core: int = 0
     proxy_core: int = 1
     settle_s: float = 5.0  # at most this long, wait for quiet cores before each measurement
+    max_interference: float = 0.2  # repeat a measurement where others took more of a core
+    retries: int = 2  # at most this many repeats per measurement
 
 
 @dataclass(slots=True)
@@ -554,6 +556,7 @@ def run_benchmark(rows: Sequence[Row], settings: Settings) -> dict[str, Any]:
     docs = {row.name: _row_doc(row) for row in rows}
     notes: list[str] = []
     load_before = os.getloadavg()
+    commit, _ = git_commit()  # the code the peers are started from
     started: dict[str, Target] = {}
     with (
         tempfile.TemporaryDirectory(prefix="pymesh-bench-") as tmp_name,
@@ -599,29 +602,52 @@ def run_benchmark(rows: Sequence[Row], settings: Settings) -> dict[str, Any]:
             pid = f" pid {target.proc.pid}" if target.proc else ""
             _say(f"ready {row.name}: 127.0.0.1:{target.port}{pid}")
 
+        def measure_clean(
+            row: Row, target: Target, label: str, kind: str, discarded: list[dict[str, Any]]
+        ) -> dict[str, Any]:
+            # repeat (at most settings.retries times) a measurement during which other
+            # programs took more than settings.max_interference of a core in use; keep the
+            # quietest attempt
+            fixed = kind == "fixed_rate"
+            shown = "fixed rate" if fixed else "saturation"
+            best: dict[str, Any] | None = None
+            attempts = 0
+            for attempt in range(settings.retries + 1):
+                attempts = attempt + 1
+                m = measure_once(
+                    target,
+                    settings=settings,
+                    backend=nginx,
+                    duration_s=settings.rate_duration_s if fixed else settings.duration_s,
+                    connections=settings.rate_connections if fixed else settings.connections,
+                    headers=row.headers,
+                    script=script if fixed else None,
+                )
+                noise = report.interference_of(m, proxy=target.proc is not None)
+                if best is not None and noise >= report.interference_of(
+                    best, proxy=target.proc is not None
+                ):
+                    discarded.append({"kind": kind, **m})
+                else:
+                    if best is not None:
+                        discarded.append({"kind": kind, **best})
+                    best = m
+                if noise <= settings.max_interference:
+                    break
+                if attempt < settings.retries:
+                    _say(f"{label} {row.name:<24} {shown} {_fmt_run(m)}  → noisy, repeating")
+            assert best is not None
+            quietest = f"  (quietest of {attempts})" if attempts > 1 else ""
+            _say(f"{label} {row.name:<24} {shown} {_fmt_run(best)}{quietest}")
+            return best
+
         def measure_row(row: Row, target: Target, label: str) -> None:
             doc = docs[row.name]
             try:
-                sat = measure_once(
-                    target,
-                    settings=settings,
-                    backend=nginx,
-                    duration_s=settings.duration_s,
-                    connections=settings.connections,
-                    headers=row.headers,
-                )
-                _say(f"{label} {row.name:<24} saturation {_fmt_run(sat)}")
-                fixed = measure_once(
-                    target,
-                    settings=settings,
-                    backend=nginx,
-                    duration_s=settings.rate_duration_s,
-                    connections=settings.rate_connections,
-                    headers=row.headers,
-                    script=script,
-                )
-                _say(f"{label} {row.name:<24} fixed rate {_fmt_run(fixed)}")
-                doc["runs"].append({"saturation": sat, "fixed_rate": fixed})
+                discarded: list[dict[str, Any]] = []
+                sat = measure_clean(row, target, label, "saturation", discarded)
+                fixed = measure_clean(row, target, label, "fixed_rate", discarded)
+                doc["runs"].append({"saturation": sat, "fixed_rate": fixed, "discarded": discarded})
                 for kind, m in (("saturation", sat), ("fixed rate", fixed)):
                     if m["errors"] > MAX_ERROR_SHARE * max(1, m["requests"]):
                         raise BenchError(
@@ -657,12 +683,11 @@ def run_benchmark(rows: Sequence[Row], settings: Settings) -> dict[str, Any]:
     load_after = os.getloadavg()
     rows_out = [docs[row.name] for row in rows]
     report.summarize_rows(rows_out)
-    notes += report.interference_notes(rows_out)
+    notes += report.interference_notes(rows_out, settings.max_interference)
     if load_before[0] > 0.5:
         notes.append(
             f"machine not idle at start (load average {load_before[0]:.2f}): figures may be noisy"
         )
-    commit, _ = git_commit()
     return {
         "schema": report.SCHEMA,
         "commit": commit,
@@ -760,6 +785,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="before each measurement wait up to S s for both cores to be quiet (5; 0: never)",
     )
+    p.add_argument(
+        "--max-interference",
+        type=float,
+        default=0.2,
+        metavar="F",
+        help="repeat a measurement during which other programs took more than F of a pinned "
+        "core (0.2 = 20%%; default 0.2)",
+    )
+    p.add_argument(
+        "--retries", type=int, default=2, help="repeats per noisy measurement (default 2)"
+    )
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the JSON goes")
     readme = p.add_mutually_exclusive_group()
     readme.add_argument(
@@ -798,6 +834,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         load_core=args.load_core,
         proxy_core=args.proxy_core,
         settle_s=max(0.0, args.settle),
+        max_interference=args.max_interference,
+        retries=max(0, args.retries),
     )
 
 

@@ -605,3 +605,13 @@ def test_interference_notes() -> None:
     assert report.interference_notes(doc["rows"]) == [
         "haproxy-l4: other programs took up to 30% of the proxy core (median 30%) during its runs"
     ]
+
+
+def test_interference_of_counts_the_proxy_core_only_with_a_proxy() -> None:
+    m = {"interference": {"load_core_foreign": 0.1, "proxy_core_foreign": 0.4}}
+    assert report.interference_of(m) == 0.4
+    assert report.interference_of(m, proxy=False) == 0.1
+    assert report.interference_of({}) == 0.0
+    direct = _row("direct", "direct", [_run(1e3, 100, None, None)])
+    direct["runs"][0]["saturation"]["interference"] = {"proxy_core_foreign": 0.9}
+    assert report.interference_notes([direct]) == []

@@ -26,6 +26,7 @@ import structlog
 
 from pymesh.errors import ProxyError, RemoteProtocolError, RequestTimeout
 from pymesh.proxy.events import EndOfMessage, RequestHead
+from pymesh.proxy.filters.request_id import new_request_id
 from pymesh.proxy.flow import WriteFlow
 from pymesh.proxy.http1 import (
     Limits,
@@ -135,6 +136,8 @@ class H1Connection(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_client_ip",
+        "_deadline",
+        "_deadline_kind",
         "_eof",
         "_head_pending",
         "_pending",
@@ -158,6 +161,8 @@ class H1Connection(asyncio.Protocol):
         self.parser = make_request_parser(s.codec, s.limits)
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._deadline_kind = 0
         self._head_pending = False  # bytes of a request head have arrived
         self._pending: deque[RequestHead | bytes | EndOfMessage] = deque()
         self._body: Body | None = None  # the request body being received
@@ -225,7 +230,7 @@ class H1Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.state.connections.discard(self)
-        self._cancel_timer()
+        self._stop_timer()
         body = self._body
         if body is not None:
             body.abort(ConnectionResetError("client connection lost"))
@@ -242,34 +247,56 @@ class H1Connection(asyncio.Protocol):
         self.flow.resume()
 
     # -- timers -------------------------------------------------------------------------
+    # One timer per connection, re-armed lazily: a request only moves a deadline (no
+    # call_later/cancel per request); the timer re-schedules itself when it fires early.
+    _NONE, _IDLE, _HEADER = 0, 1, 2
+
     def _cancel_timer(self) -> None:
+        self._deadline_kind = self._NONE
+
+    def _set_deadline(self, kind: int, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        self._deadline = deadline
+        self._deadline_kind = kind
         t = self._timer
-        if t is not None:
-            t.cancel()
-            self._timer = None
+        if t is None or t.when() > deadline:
+            if t is not None:
+                t.cancel()
+            self._timer = loop.call_at(deadline, self._on_timer)
 
     def _arm_idle(self) -> None:
-        self._cancel_timer()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.state.settings.idle_timeout, self._on_idle_timeout)
+        self._set_deadline(self._IDLE, self.state.settings.idle_timeout)
 
     def _arm_header_timer(self) -> None:
-        self._cancel_timer()
+        self._set_deadline(self._HEADER, self.state.settings.header_timeout)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        kind = self._deadline_kind
+        if kind == self._NONE or self.closed:
+            return
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.state.settings.header_timeout, self._on_header_timeout)
-
-    def _on_idle_timeout(self) -> None:
-        self._timer = None
-        if not self.busy:
-            self._close()
-
-    def _on_header_timeout(self) -> None:
-        self._timer = None
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._on_timer)
+            return
+        self._deadline_kind = self._NONE
         if self.busy:
+            return
+        if kind == self._IDLE:
+            self._close()
             return
         exc = RequestTimeout("request headers not received in time")
         _log.info("request_timeout", listener=self.state.name, peer=self.peer)
         self._reply_and_close(exc)
+
+    def _stop_timer(self) -> None:
+        """The connection is gone: drop the timer handle."""
+        self._deadline_kind = self._NONE
+        t = self._timer
+        if t is not None:
+            t.cancel()
+            self._timer = None
 
     # -- parsing ------------------------------------------------------------------------
     def _handle(self, events: list[RequestHead | bytes | EndOfMessage]) -> None:
@@ -321,6 +348,7 @@ class H1Connection(asyncio.Protocol):
         headers: Headers = []
         host: bytes | None = None
         xff: bytes | None = None
+        rid: bytes | None = None
         for k, v in head.headers:
             lk = k.lower()
             if lk in _HOP_BY_HOP:
@@ -332,11 +360,17 @@ class H1Connection(asyncio.Protocol):
             elif lk == b"x-forwarded-for":
                 xff = v
                 continue
+            elif lk == b"x-request-id":
+                rid = v
             headers.append((k, v))
         if connection_opts:
             headers = [(k, v) for k, v in headers if k.lower() not in connection_opts]
         ip = self._client_ip.encode()
         headers.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
+        if rid is None:
+            rid = new_request_id()
+            headers.append((b"x-request-id", rid))
+        ctx.request_id = rid.decode("latin-1")
         authority = host or b""
         if method == b"CONNECT":
             self._request_complete = True
@@ -457,12 +491,15 @@ class H1Connection(asyncio.Protocol):
         head_only = request.method == b"HEAD" or status in _NO_BODY_STATUS or status < 200
         out: Headers = []
         length_header: bytes | None = None
+        rid = request.context.request_id
         for k, v in response.headers:
             lk = k.lower()
             if lk in _HOP_BY_HOP:
                 if lk == b"content-length":
                     length_header = v
                 continue
+            if lk == b"x-request-id":
+                rid = ""  # the upstream answered with its own (usually the same) id
             out.append((k, v))
         body = response.body
         chunked = False
@@ -479,6 +516,8 @@ class H1Connection(asyncio.Protocol):
         else:
             chunked = True
             out.append((b"transfer-encoding", b"chunked"))
+        if rid:
+            out.append((b"x-request-id", rid.encode("latin-1")))
         if not keep_alive:
             out.append((b"connection", b"close"))
         elif http10:
@@ -646,7 +685,7 @@ class H1Connection(asyncio.Protocol):
             self._close()
 
     def _close(self) -> None:
-        self._cancel_timer()
+        self._stop_timer()
         t = self.transport
         if t is not None and not t.is_closing():
             t.close()

@@ -316,13 +316,20 @@ class Pool:
         """Open connections (idle or busy)."""
         return len(self._all)
 
-    async def acquire(self) -> UpstreamConnection:
-        """An idle live connection, or a new one (`UpstreamConnectError` on failure)."""
+    def take_idle(self) -> UpstreamConnection | None:
+        """An idle live connection, if there is one (no await: the hot path)."""
         idle = self._idle
         while idle:
             c = idle.pop()
             if not c.closed and c.transport is not None and not c.transport.is_closing():
                 return c
+        return None
+
+    async def acquire(self) -> UpstreamConnection:
+        """An idle live connection, or a new one (`UpstreamConnectError` on failure)."""
+        c = self.take_idle()
+        if c is not None:
+            return c
         loop = asyncio.get_running_loop()
         conn = UpstreamConnection(self)
         host, port = self.address

@@ -129,7 +129,7 @@ class Forwarder:
             headers = [*headers, (b"content-length", str(request.content_length).encode())]
         head = serialize_request_head(request.method, request.target, headers)
         pool = self.pools.get(address)
-        conn = await pool.acquire()
+        conn = pool.take_idle() or await pool.acquire()
         reused = conn.requests > 0
         try:
             return await conn.exchange(request, head)

@@ -37,7 +37,6 @@ from pymesh.policy.model import DEFAULT_NAMESPACE, Resource, ServicePort
 from pymesh.policy.snapshot import Mesh
 from pymesh.proxy.chain import HttpFilter
 from pymesh.proxy.filters.observers import AccessLog, MetricsObserver, Peer
-from pymesh.proxy.filters.request_id import RequestIdFilter
 from pymesh.proxy.hcm import (
     HttpObserver,
     HttpSettings,
@@ -175,7 +174,7 @@ class Sidecar:
 
     # -- config -------------------------------------------------------------------------
     def _route_filters(self, service: Resource, port: ServicePort) -> list[HttpFilter]:
-        return [RequestIdFilter(), *self.filters]
+        return list(self.filters)
 
     def _observers(
         self, reporter: str, direction: str
