@@ -260,3 +260,42 @@ async def test_curl_through_outbound_listener() -> None:
     assert out.endswith(b"GET /hello len=0")
     assert out2.startswith(b"HTTP/1.1 404")
     assert b"x-pymesh-error: no_route" in out2.lower()
+
+
+async def test_request_on_a_reused_connection_the_upstream_closed_is_retried() -> None:
+    """The upstream closes a keep-alive connection when the second request arrives on it
+    (as one whose idle timeout just fired would): idempotent requests are retried on a new
+    connection, others get 502 upstream_reset."""
+    per_conn: dict[int, int] = {}
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        key = id(w)
+        try:
+            while True:
+                head = await r.readuntil(b"\r\n\r\n")
+                per_conn[key] = per_conn.get(key, 0) + 1
+                if per_conn[key] == 2:
+                    return  # close without answering
+                if b"content-length: 2" in head.lower():
+                    await r.readexactly(2)
+                w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            w.close()
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    app = srv.sockets[0].getsockname()[:2]
+    mesh = mesh_for({"orders": ([(8080, "http")], [app])})
+    async with sidecar(mesh, "orders", app=app) as sc:
+        c = await Client.connect(sc.outbound_address)
+        first = await c.request("GET", "/1", headers=[("host", "orders")])
+        second = await c.request("GET", "/2", headers=[("host", "orders")])  # retried
+        third = await c.request("GET", "/3", headers=[("host", "orders")])
+        post = await c.request("POST", "/4", headers=[("host", "orders")], body=b"xy")
+        await c.close()
+    srv.close()
+    assert (first.status, second.status, third.status) == (200, 200, 200)
+    assert post.status == 502
+    assert post.header(b"x-pymesh-error") == b"upstream_reset"

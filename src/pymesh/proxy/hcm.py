@@ -24,7 +24,7 @@ from typing import Literal, Protocol, cast, final
 
 import structlog
 
-from pymesh.errors import ProxyError, RemoteProtocolError, RequestTimeout
+from pymesh.errors import ProxyError, RemoteProtocolError, RequestTimeout, UpstreamReset
 from pymesh.proxy.events import EndOfMessage, RequestHead
 from pymesh.proxy.filters.request_id import new_request_id
 from pymesh.proxy.flow import WriteFlow
@@ -36,7 +36,7 @@ from pymesh.proxy.http1 import (
     serialize_response_head,
 )
 from pymesh.proxy.messages import Body, Headers, Request, RequestContext, Response
-from pymesh.proxy.router import Route
+from pymesh.proxy.router import Route, may_retry
 from pymesh.proxy.tcp import Connection, connect_relay
 
 __all__ = ["H1Connection", "HttpObserver", "HttpSettings", "ListenerState", "TcpObserver"]
@@ -139,6 +139,7 @@ class H1Connection(asyncio.Protocol):
         "_deadline",
         "_deadline_kind",
         "_eof",
+        "_fast",
         "_head_pending",
         "_pending",
         "_read_paused",
@@ -172,6 +173,7 @@ class H1Connection(asyncio.Protocol):
         self._request_complete = True
         self._response_started = False
         self._eof = False  # the client half-closed: answer what is in flight, then close
+        self._fast: tuple[Request, bool, HttpSettings] | None = None  # a fast-path exchange
         self.busy = False
         self.closed = False
         self.peer = "-"
@@ -423,9 +425,125 @@ class H1Connection(asyncio.Protocol):
             content_length=head.content_length if not head.chunked else None,
             chunked=head.chunked,
         )
+        if body is None and self._try_fast(req, head.keep_alive, settings):
+            return
         self._task = asyncio.get_running_loop().create_task(
             self._exchange(req, head.keep_alive, settings)
         )
+
+    # -- the fast path: no task for a body-less request on a route without filters --------
+    #
+    # Most mesh traffic is small requests on routes whose only work is routing. For those, the
+    # request goes to an idle pooled connection straight from data_received, and the response
+    # comes back by callback (`fast_response`) and is written at once: no task, no future, no
+    # coroutine chain. Anything else (filters, a body, no idle connection, an error) takes the
+    # task path (`_exchange`), which behaves the same, only slower.
+
+    def _try_fast(self, request: Request, keep_alive: bool, settings: HttpSettings) -> bool:
+        try:
+            route = settings.router.route(request.authority, "http1")
+        except ProxyError:
+            return False  # the task path renders the error
+        fwd = route.fast
+        if fwd is None:
+            return False
+        address = fwd.cluster.pick()
+        if address is None:
+            return False
+        conn = fwd.pools.get(address).take_idle()
+        if conn is None:
+            return False
+        ctx = request.context
+        ctx.destination_service = route.host
+        ctx.destination_namespace = route.namespace
+        ctx.destination_workload = route.workload
+        ctx.upstream_addr = f"{address[0]}:{address[1]}"
+        self._fast = (request, keep_alive, settings)
+        conn.start_fast(request, fwd.head_for(request), self)
+        return True
+
+    def fast_response(self, response: Response) -> None:
+        """The upstream answered a fast-path request (called from its data_received)."""
+        fast = self._fast
+        assert fast is not None
+        request, keep_alive, settings = fast
+        if self.closed:
+            request.context.response_flags = "downstream_reset"
+            self._fast = None
+            if response.release is not None:
+                response.release(False)
+            self._observe(request, response.status, settings)
+            return
+        try:
+            keep_alive, done, chunked = self._send_now(request, response, keep_alive)
+        except Exception:
+            _log.exception("fast_response_failed", listener=self.state.name)
+            done, keep_alive, chunked = True, False, False
+            if response.release is not None:
+                response.release(False)
+        if done:
+            self._fast = None
+            self._observe(request, response.status, settings)
+            self._finish_exchange(keep_alive)
+            return
+        self._task = asyncio.get_running_loop().create_task(
+            self._fast_tail(request, response, keep_alive, chunked, settings)
+        )
+
+    def fast_failed(self, exc: UpstreamReset, retryable: bool) -> None:
+        """The upstream failed a fast-path request before answering."""
+        fast = self._fast
+        assert fast is not None
+        self._fast = None
+        request, keep_alive, settings = fast
+        if self.closed:
+            request.context.response_flags = "downstream_reset"
+            self._observe(request, 0, settings)
+            return
+        # The task path retries a request that failed unanswered on a reused idle connection
+        # (when the method allows it) and renders any other failure.
+        retryable = retryable and may_retry(request)
+        if not retryable:
+            request.context.response_flags = exc.code
+        self._task = asyncio.get_running_loop().create_task(
+            self._exchange(request, keep_alive, settings)
+            if retryable
+            else self._fail_request(request, exc, keep_alive)
+        )
+
+    async def _fast_tail(
+        self,
+        request: Request,
+        response: Response,
+        keep_alive: bool,
+        chunked: bool,
+        settings: HttpSettings,
+    ) -> None:
+        self._fast = None
+        try:
+            await self._send_rest(request, response, chunked)
+        except (asyncio.CancelledError, ConnectionError, ProxyError) as exc:
+            flags = request.context.response_flags
+            if flags == "-":
+                request.context.response_flags = (
+                    exc.code if isinstance(exc, ProxyError) else "downstream_reset"
+                )
+            keep_alive = False
+            if response.release is not None:
+                response.release(False)
+            if isinstance(exc, asyncio.CancelledError) and not self.closed:
+                raise
+        finally:
+            self._observe(request, response.status, settings)
+        self._finish_exchange(keep_alive)
+
+    def _observe(self, request: Request, status: int, settings: HttpSettings) -> None:
+        ctx = request.context
+        duration = time.monotonic() - ctx.start
+        if request.body is not None:
+            ctx.bytes_received = request.body.received
+        for obs in settings.observers:
+            obs.on_request(request, status, duration)
 
     def _send_continue(self) -> None:
         t = self.transport
@@ -471,18 +589,29 @@ class H1Connection(asyncio.Protocol):
                 response.release(False)
             self._close()
         finally:
-            duration = time.monotonic() - ctx.start
-            if request.body is not None:
-                ctx.bytes_received = request.body.received
-            for obs in settings.observers:
-                obs.on_request(request, status, duration)
+            self._observe(request, status, settings)
         self._finish_exchange(keep_alive)
 
     async def _send(self, request: Request, response: Response, keep_alive: bool) -> bool:
         """Write the response; returns whether the connection stays open."""
+        keep_alive, done, chunked = self._send_now(request, response, keep_alive)
+        if not done:
+            await self._send_rest(request, response, chunked)
+        return keep_alive
+
+    def _send_now(
+        self, request: Request, response: Response, keep_alive: bool
+    ) -> tuple[bool, bool, bool]:
+        """Write the head and whatever of the body is already here, without waiting.
+
+        Returns (keep_alive, done, chunked); `done` means the whole response is written and
+        released. Otherwise `_send_rest` streams the remainder.
+        """
         t = self.transport
         if t is None or self.closed:
-            return False
+            if response.release is not None:
+                response.release(False)
+            return False, True, False
         self._response_started = True
         status = response.status
         http10 = request.http_version == b"1.0"
@@ -523,14 +652,18 @@ class H1Connection(asyncio.Protocol):
         elif http10:
             out.append((b"connection", b"keep-alive"))
         head = serialize_response_head(status, response.reason, out)
-        sent = 0
         if body is None:
             t.write(head)
+            request.context.bytes_sent = 0
         else:
             data = body.read_nowait()
-            if data is not None and body.done:
+            if data is None:
+                t.write(head)
+                request.context.bytes_sent = 0
+                return keep_alive, False, chunked
+            request.context.bytes_sent = len(data)
+            if body.done:
                 # The whole body is here already: one write (the common small response).
-                sent = len(data)
                 if chunked:
                     t.write(
                         head
@@ -540,25 +673,33 @@ class H1Connection(asyncio.Protocol):
                 else:
                     t.write(head + data)
             else:
-                t.write(head)
-                while True:
-                    if data is None:
-                        data = await body.read()
-                    if not data:
-                        break
-                    sent += len(data)
-                    t.write(encode_chunk(data) if chunked else data)
-                    if self.flow.paused:
-                        await self.flow.drain()
-                        if self.closed:
-                            raise ConnectionResetError("client connection lost")
-                    data = None
-                if chunked:
-                    t.write(encode_last_chunk(body.trailers))
-        request.context.bytes_sent = sent
+                t.write(head + (encode_chunk(data) if chunked else data))
+                return keep_alive, False, chunked
         if response.release is not None:
             response.release(True)
-        return keep_alive
+        return keep_alive, True, chunked
+
+    async def _send_rest(self, request: Request, response: Response, chunked: bool) -> None:
+        """Stream the rest of a response body, honouring the client's backpressure."""
+        t = self.transport
+        body = response.body
+        assert t is not None and body is not None
+        sent = request.context.bytes_sent
+        while True:
+            if self.flow.paused:
+                await self.flow.drain()
+                if self.closed:
+                    raise ConnectionResetError("client connection lost")
+            data = await body.read()
+            if not data:
+                break
+            sent += len(data)
+            request.context.bytes_sent = sent
+            t.write(encode_chunk(data) if chunked else data)
+        if chunked:
+            t.write(encode_last_chunk(body.trailers))
+        if response.release is not None:
+            response.release(True)
 
     def _finish_exchange(self, keep_alive: bool) -> None:
         self._task = None
@@ -584,15 +725,16 @@ class H1Connection(asyncio.Protocol):
         if not self.busy or not self._pending:
             self._resume_reading()
 
-    async def _fail_request(self, request: Request, exc: ProxyError) -> None:
+    async def _fail_request(
+        self, request: Request, exc: ProxyError, keep_alive: bool = False
+    ) -> None:
+        """Answer a request with the reply for `exc` (no upstream involved)."""
         request.context.response_flags = exc.code
-        status = exc.http_status
         try:
-            await self._send(request, Response.from_error(exc), False)
+            keep_alive = await self._send(request, Response.from_error(exc), keep_alive)
         finally:
-            for obs in self.state.settings.observers:
-                obs.on_request(request, status, time.monotonic() - request.context.start)
-        self._finish_exchange(False)
+            self._observe(request, exc.http_status, self.state.settings)
+        self._finish_exchange(keep_alive)
 
     async def _tunnel(self, request: Request, settings: HttpSettings) -> None:
         """CONNECT host:port → an L4 relay to the service's endpoint."""

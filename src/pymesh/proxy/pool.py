@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Literal, cast, final
+from typing import Literal, Protocol, cast, final
 
 import structlog
 
@@ -29,12 +29,21 @@ from pymesh.proxy.http1 import (
 from pymesh.proxy.messages import Body, Request, Response
 from pymesh.runtime import spawn
 
-__all__ = ["Pool", "PoolManager", "UpstreamConnection"]
+__all__ = ["Pool", "PoolManager", "ResponseSink", "UpstreamConnection"]
 
 _log = structlog.get_logger("pymesh.pool")
 Codec = Literal["httptools", "h11"]
 WRITE_HIGH_WATER = 256 * 1024
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+class ResponseSink(Protocol):
+    """Receives a response by callback instead of a future (the connection manager's fast
+    path for requests without filters or body)."""
+
+    def fast_response(self, response: Response) -> None: ...
+
+    def fast_failed(self, exc: UpstreamReset, retryable: bool) -> None: ...
 
 
 @final
@@ -47,6 +56,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_pool",
         "_request_done",
         "_response_done",
+        "_sink",
         "body",
         "closed",
         "flow",
@@ -63,6 +73,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = make_response_parser(pool.codec, pool.limits)
         self.transport: asyncio.Transport | None = None
         self._head_fut: asyncio.Future[Response] | None = None
+        self._sink: ResponseSink | None = None
         self.body: Body | None = None
         self.flow = WriteFlow()
         self._request_done = True
@@ -121,6 +132,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- exchange -----------------------------------------------------------------------
     def _dispatch(self, events: list[ResponseHead | bytes | EndOfMessage]) -> None:
+        ready: Response | None = None
         for ev in events:
             if type(ev) is bytes:
                 body = self.body
@@ -145,12 +157,19 @@ class UpstreamConnection(asyncio.Protocol):
                 self._head_fut = None
                 if fut is not None and not fut.done():
                     fut.set_result(resp)
+                elif self._sink is not None:
+                    ready = resp  # handed over below, once this read's body bytes are in
             elif isinstance(ev, EndOfMessage):
                 body = self.body
                 if body is not None:
                     body.feed_eof(ev.trailers)
                 self._response_done = True
                 self._maybe_release()
+        if ready is not None:
+            sink = self._sink
+            self._sink = None
+            if sink is not None:
+                sink.fast_response(ready)
 
     def _pause_reading(self) -> None:
         if not self._response_done and self.transport is not None:
@@ -184,6 +203,10 @@ class UpstreamConnection(asyncio.Protocol):
     def _fail(self, exc: UpstreamReset) -> None:
         self._response_done = True
         self.keep_alive = False
+        sink = self._sink
+        if sink is not None:
+            self._sink = None
+            sink.fast_failed(exc, self.requests > 1 and not self.got_bytes)
         fut = self._head_fut
         self._head_fut = None
         if fut is not None and not fut.done():
@@ -200,6 +223,19 @@ class UpstreamConnection(asyncio.Protocol):
         t = self.transport
         if t is not None and not t.is_closing():
             t.close()
+
+    def start_fast(self, request: Request, head: bytes, sink: ResponseSink) -> None:
+        """Send a body-less request; the response goes to `sink` by callback (no future)."""
+        t = self.transport
+        assert t is not None
+        self._gen += 1
+        self.requests += 1
+        self.got_bytes = False
+        self._response_done = False
+        self._request_done = True
+        self.parser.expect(request.method)
+        self._sink = sink
+        t.write(head)
 
     async def exchange(self, request: Request, head: bytes) -> Response:
         """Send `request` (head already serialised) and return the response once its head

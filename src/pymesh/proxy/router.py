@@ -90,13 +90,24 @@ class Cluster:
         return eps[i % len(eps)]
 
 
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+def may_retry(request: Request) -> bool:
+    """Whether a request may be sent again after a reused connection died unanswered.
+
+    RFC 9110 §9.2.2: idempotent methods only, and only without a body (nothing to replay).
+    """
+    return request.body is None and request.method in IDEMPOTENT
+
+
 @final
 class Forwarder:
     """The terminal HttpService: send the request to one endpoint of a cluster (HTTP/1.1).
 
     A request that failed on a *reused* keep-alive connection before any response byte
     arrived (the upstream closed the idle connection as we sent) is retried once on a fresh
-    connection when it has no body: nothing reached the application.
+    connection when `may_retry` allows it (idempotent, no body).
     """
 
     __slots__ = ("body_timeout", "cluster", "pools")
@@ -105,6 +116,16 @@ class Forwarder:
         self.cluster = cluster
         self.pools = pools
         self.body_timeout = body_timeout
+
+    @staticmethod
+    def head_for(request: Request) -> bytes:
+        """The serialised request head, with the request's own framing."""
+        headers = request.headers
+        if request.chunked:
+            headers = [*headers, (b"transfer-encoding", b"chunked")]
+        elif request.content_length is not None:
+            headers = [*headers, (b"content-length", str(request.content_length).encode())]
+        return serialize_request_head(request.method, request.target, headers)
 
     async def __call__(self, request: Request) -> Response:
         body = request.body
@@ -120,21 +141,15 @@ class Forwarder:
         address = self.cluster.pick()
         if address is None:
             raise NoHealthyUpstream(f"service {self.cluster.name} has no endpoints")
-        ctx = request.context
-        ctx.upstream_addr = f"{address[0]}:{address[1]}"
-        headers = request.headers
-        if request.chunked:
-            headers = [*headers, (b"transfer-encoding", b"chunked")]
-        elif request.content_length is not None:
-            headers = [*headers, (b"content-length", str(request.content_length).encode())]
-        head = serialize_request_head(request.method, request.target, headers)
+        request.context.upstream_addr = f"{address[0]}:{address[1]}"
+        head = self.head_for(request)
         pool = self.pools.get(address)
         conn = pool.take_idle() or await pool.acquire()
         reused = conn.requests > 0
         try:
             return await conn.exchange(request, head)
         except UpstreamReset:
-            if not (reused and not conn.got_bytes and request.body is None):
+            if not (reused and not conn.got_bytes and may_retry(request)):
                 raise
         conn = await pool.acquire()
         return await conn.exchange(request, head)
@@ -144,7 +159,7 @@ class Forwarder:
 class Route:
     """A resolved destination: service, port, cluster and the compiled filter chain."""
 
-    __slots__ = ("cluster", "handler", "namespace", "port", "service", "workload")
+    __slots__ = ("cluster", "fast", "handler", "host", "namespace", "port", "service", "workload")
 
     def __init__(
         self,
@@ -160,11 +175,10 @@ class Route:
         self.cluster = cluster
         self.handler = handler
         self.workload = service
-
-    @property
-    def host(self) -> str:
-        """The destination service's FQDN (the `destination_service` metric label)."""
-        return f"{self.service}.{self.namespace}.svc.cluster.local"
+        # The destination service's FQDN (the `destination_service` metric label).
+        self.host = f"{service}.{namespace}.svc.cluster.local"
+        # A route without filters may skip the task machinery (see H1Connection._try_fast).
+        self.fast: Forwarder | None = handler if isinstance(handler, Forwarder) else None
 
 
 def _names(r: Resource, source_namespace: str) -> Iterable[bytes]:
