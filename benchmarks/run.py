@@ -684,10 +684,6 @@ def run_benchmark(rows: Sequence[Row], settings: Settings) -> dict[str, Any]:
     rows_out = [docs[row.name] for row in rows]
     report.summarize_rows(rows_out)
     notes += report.interference_notes(rows_out, settings.max_interference)
-    if load_before[0] > 0.5:
-        notes.append(
-            f"machine not idle at start (load average {load_before[0]:.2f}): figures may be noisy"
-        )
     return {
         "schema": report.SCHEMA,
         "commit": commit,

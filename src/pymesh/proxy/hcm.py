@@ -183,6 +183,7 @@ class H1Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport = transport
+        self.flow.transport = transport
         transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
         self.peer, self._client_ip = _client_addr(transport)
         self.state.connections.add(self)
@@ -413,7 +414,7 @@ class H1Connection(asyncio.Protocol):
             self._body = body
             self._request_complete = False
         else:
-            self._request_complete = True
+            self._request_complete = False  # its EndOfMessage follows in the same events
         req = Request(
             method,
             target,
@@ -548,7 +549,7 @@ class H1Connection(asyncio.Protocol):
     def _send_continue(self) -> None:
         t = self.transport
         if t is not None and not t.is_closing() and not self._response_started:
-            t.write(_CONTINUE)
+            self.flow.write(_CONTINUE)
 
     # -- exchange -----------------------------------------------------------------------
     async def _exchange(self, request: Request, keep_alive: bool, settings: HttpSettings) -> None:
@@ -653,27 +654,27 @@ class H1Connection(asyncio.Protocol):
             out.append((b"connection", b"keep-alive"))
         head = serialize_response_head(status, response.reason, out)
         if body is None:
-            t.write(head)
+            self.flow.write(head)
             request.context.bytes_sent = 0
         else:
             data = body.read_nowait()
             if data is None:
-                t.write(head)
+                self.flow.write(head)
                 request.context.bytes_sent = 0
                 return keep_alive, False, chunked
             request.context.bytes_sent = len(data)
             if body.done:
                 # The whole body is here already: one write (the common small response).
                 if chunked:
-                    t.write(
+                    self.flow.write(
                         head
                         + (encode_chunk(data) if data else b"")
                         + encode_last_chunk(body.trailers)
                     )
                 else:
-                    t.write(head + data)
+                    self.flow.write(head + data)
             else:
-                t.write(head + (encode_chunk(data) if chunked else data))
+                self.flow.write(head + (encode_chunk(data) if chunked else data))
                 return keep_alive, False, chunked
         if response.release is not None:
             response.release(True)
@@ -695,9 +696,9 @@ class H1Connection(asyncio.Protocol):
                 break
             sent += len(data)
             request.context.bytes_sent = sent
-            t.write(encode_chunk(data) if chunked else data)
+            self.flow.write(encode_chunk(data) if chunked else data)
         if chunked:
-            t.write(encode_last_chunk(body.trailers))
+            self.flow.write(encode_last_chunk(body.trailers))
         if response.release is not None:
             response.release(True)
 
@@ -759,7 +760,7 @@ class H1Connection(asyncio.Protocol):
                 address,
                 connect_timeout=settings.connect_timeout,
                 on_close=on_close,
-                before_relay=lambda: t.write(_CONNECT_OK),
+                before_relay=self._connect_ok,
             )
         except ProxyError as exc:
             ctx.response_flags = exc.code
@@ -772,6 +773,13 @@ class H1Connection(asyncio.Protocol):
         # The transport now belongs to the relay; this protocol object is done.
         self._task = None
         self.busy = False
+
+    def _connect_ok(self) -> None:
+        """The tunnel is up: answer 200 directly (the transport goes to the relay next)."""
+        self.flow.flush()
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.write(_CONNECT_OK)
 
     def parser_leftover(self) -> bytes:
         """Bytes the client sent after the CONNECT head (already the tunnel's payload)."""
@@ -811,7 +819,7 @@ class H1Connection(asyncio.Protocol):
                 (b"connection", b"close"),
             ]
             data = resp.body.read_nowait() if resp.body is not None else b""
-            t.write(serialize_response_head(exc.http_status, b"", headers) + (data or b""))
+            self.flow.write(serialize_response_head(exc.http_status, b"", headers) + (data or b""))
             ctx = RequestContext(
                 listener=self.state.name, downstream_addr=self.peer, start=time.monotonic()
             )
@@ -828,6 +836,7 @@ class H1Connection(asyncio.Protocol):
 
     def _close(self) -> None:
         self._stop_timer()
+        self.flow.flush()
         t = self.transport
         if t is not None and not t.is_closing():
             t.close()

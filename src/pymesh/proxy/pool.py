@@ -89,6 +89,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport = transport
+        self.flow.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
@@ -220,6 +221,7 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         """Close the connection (it will not be reused)."""
         self.keep_alive = False
+        self.flow.flush()
         t = self.transport
         if t is not None and not t.is_closing():
             t.close()
@@ -235,7 +237,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._request_done = True
         self.parser.expect(request.method)
         self._sink = sink
-        t.write(head)
+        self.flow.write(head)
 
     async def exchange(self, request: Request, head: bytes) -> Response:
         """Send `request` (head already serialised) and return the response once its head
@@ -252,7 +254,7 @@ class UpstreamConnection(asyncio.Protocol):
         body = request.body
         if body is None:
             self._request_done = True
-            t.write(head)
+            self.flow.write(head)
         else:
             self._request_done = False
             chunked = request.chunked
@@ -264,18 +266,18 @@ class UpstreamConnection(asyncio.Protocol):
             if data is not None and body.done:
                 # The whole body is already here (the common small POST): one write.
                 if chunked:
-                    t.write(
+                    self.flow.write(
                         head
                         + (encode_chunk(data) if data else b"")
                         + encode_last_chunk(body.trailers)
                     )
                 else:
-                    t.write(head + data)
+                    self.flow.write(head + data)
                 self._request_done = True
             else:
-                t.write(head)
+                self.flow.write(head)
                 if data:
-                    t.write(encode_chunk(data) if chunked else data)
+                    self.flow.write(encode_chunk(data) if chunked else data)
                 spawn(self._pump(body, chunked, self._gen), name="pymesh.pool.pump")
         return await fut
 
@@ -290,9 +292,9 @@ class UpstreamConnection(asyncio.Protocol):
                     return
                 if not data:
                     if chunked:
-                        t.write(encode_last_chunk(body.trailers))
+                        self.flow.write(encode_last_chunk(body.trailers))
                     break
-                t.write(encode_chunk(data) if chunked else data)
+                self.flow.write(encode_chunk(data) if chunked else data)
                 if self.flow.paused:
                     await self.flow.drain()
         except Exception as exc:  # the client side failed mid-body: the upstream is unusable
