@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin, get_type_hints
 
-import re2
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -360,14 +359,23 @@ class Unique:
     casefold: bool = False
 
 
-_RE2_OPTIONS: Final = re2.Options()
-_RE2_OPTIONS.log_errors = False  # errors are reported by the loader, not logged to stderr
+@cache
+def _re2_options() -> Any:
+    """RE2 is imported on first use: a config without regexes (and the sidecar's memory)
+    does not pay for it."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # errors are reported by the loader, not logged to stderr
+    return options
 
 
 def re2_problem(pattern: str) -> str | None:
     """Why `pattern` is not a valid RE2 regex, or None if it compiles."""
+    import re2
+
     try:
-        re2.compile(pattern, _RE2_OPTIONS)
+        re2.compile(pattern, _re2_options())
     except re2.error as exc:
         raw = exc.args[0] if exc.args else "invalid"
         reason = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
