@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 
 import pytest
@@ -299,3 +300,25 @@ async def test_request_on_a_reused_connection_the_upstream_closed_is_retried() -
     assert (first.status, second.status, third.status) == (200, 200, 200)
     assert post.status == 502
     assert post.header(b"x-pymesh-error") == b"upstream_reset"
+
+
+async def test_connections_beyond_the_listener_limit_are_refused() -> None:
+    async with Backend() as app:
+        mesh = mesh_for({"orders": ([(8080, "http")], [app.address])})
+        async with sidecar(mesh, "orders", app=app.address) as sc:
+            state = sc._outbound_state
+            assert state is not None
+            state.settings = dataclasses.replace(state.settings, max_connections=2)
+            kept = [await Client.connect(sc.outbound_address) for _ in range(2)]
+            for c in kept:
+                assert (await c.request("GET", "/", headers=[("host", "orders")])).status == 200
+            extra = await raw_exchange(
+                sc.outbound_address, b"GET / HTTP/1.1\r\nHost: orders\r\n\r\n"
+            )
+            assert extra == b""  # closed at accept, nothing answered
+            await kept[0].close()
+            await asyncio.sleep(0.05)
+            again = await Client.connect(sc.outbound_address)
+            assert (await again.request("GET", "/", headers=[("host", "orders")])).status == 200
+            for c in (kept[1], again):
+                await c.close()

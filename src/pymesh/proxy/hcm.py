@@ -95,6 +95,7 @@ class HttpSettings:
     idle_timeout: float = 60.0
     connect_timeout: float = 5.0
     allow_connect: bool = False
+    max_connections: int = 16384  # beyond this, new connections are closed at accept
     absolute_form: bool = True  # accept absolute-form targets (RFC 9112 §3.2.2: servers MUST)
 
 
@@ -184,6 +185,15 @@ class H1Connection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport = transport
         self.flow.transport = transport
+        if len(self.state.connections) >= self.state.settings.max_connections:
+            _log.warning(
+                "connection_limit",
+                listener=self.state.name,
+                limit=self.state.settings.max_connections,
+            )
+            self.closed = True
+            transport.abort()
+            return
         transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
         self.peer, self._client_ip = _client_addr(transport)
         self.state.connections.add(self)
