@@ -25,10 +25,21 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 import h11
 import httptools
+
+# h11's readers (the parsing half of `h11.Connection`, without its state machine).
+from h11._readers import (
+    ChunkedReader,
+    ContentLengthReader,
+    Http10Reader,
+)
+from h11._readers import maybe_read_from_IDLE_client as _h11_read_request
+from h11._readers import maybe_read_from_SEND_RESPONSE_server as _h11_read_response
+from h11._receivebuffer import ReceiveBuffer
 
 from pymesh.errors import LocalProtocolError, RemoteProtocolError
 from pymesh.proxy._h1rules import (
@@ -439,60 +450,76 @@ def _h11_error(exc: h11.ProtocolError) -> RemoteProtocolError:
 
 _TE_RE = re.compile(rb"\ntransfer-encoding:[ \t]*([^\r]*)", re.I)
 
+# h11's body readers (content-length, chunked, read-until-close) share this shape.
+_H11Body = Callable[[ReceiveBuffer], "h11.Data | h11.EndOfMessage | None"]
 
-def _h11_headers(headers: Any, head: bytes) -> Headers:
+
+def _h11_headers(headers: Any, data: bytes | bytearray, start: int, end: int) -> Headers:
     """h11's fields as received: h11 lowercases the Transfer-Encoding value; put it back."""
     items: Headers = list(headers.raw_items())
     for name, _ in items:
         if len(name) == 17 and name.lower() == b"transfer-encoding":
-            m = _TE_RE.search(head)
+            m = _TE_RE.search(data, start, end)
             if m is not None:  # the rules allow one such field, with no trailing whitespace
-                raw = m.group(1)
+                raw = bytes(m.group(1))
                 return [(n, raw if n.lower() == b"transfer-encoding" else v) for n, v in items]
     return items
 
 
-class _H11RequestParser(_RequestReader):
-    """Requests parsed by h11 (pure Python); one `h11.Connection` per message.
+def _h11_body(ev: h11.Data | h11.EndOfMessage | None, out: list[Any]) -> bool:
+    """Append one h11 body event to `out`; True once the message ended (or more is needed)."""
+    if ev is None:
+        return True
+    if isinstance(ev, h11.EndOfMessage):
+        trailers: Headers = list(ev.headers.raw_items())
+        out.append(EndOfMessage(trailers) if trailers else EOM)
+        return True
+    out.append(bytes(ev.data))
+    return False
 
-    A fresh connection per message is cheaper and simpler than cycling one: h11 only starts
-    its next cycle after *our* side sent a response, and refuses to after `Connection: close`.
-    The rules have already found the message boundaries, so h11 only sees one message.
+
+class _H11RequestParser(_RequestReader):
+    """Requests parsed by h11 (pure Python): its readers, without its connection state machine.
+
+    The rules own the connection state (keep-alive, pipelining, CONNECT/Upgrade, framing) and
+    hand h11 exactly the bytes of one message, so an `h11.Connection` per message would only
+    re-derive what the frame already says (and cost half of the parse). h11's own reader
+    parses the head into its `Request` event (its grammar, its header validation), then the
+    h11 body reader that the frame names (content-length or chunked) produces the body and
+    `EndOfMessage` events.
     """
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_body", "_rbuf")
 
     def __init__(self, limits: Limits) -> None:
         super().__init__(limits)
-        self._conn: h11.Connection | None = None
+        self._rbuf = ReceiveBuffer()
+        self._body: _H11Body | None = None  # None: h11 reads a head next
 
     def _begin(self) -> None:
-        self._conn = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=self._limits.max_header_block
-        )
+        self._body = None
+        if self._rbuf:  # pragma: no cover - the rules feed whole messages
+            self._rbuf = ReceiveBuffer()
+
+    _reset = _begin
 
     def _codec(self, data: bytes | bytearray, start: int, end: int) -> None:
-        conn = self._conn
-        assert conn is not None
-        chunk = bytes(data[start:end])
-        conn.receive_data(chunk)
+        buf = self._rbuf
+        buf += data if start == 0 and end == len(data) else data[start:end]
         out = self._out
-        while True:
-            try:
-                ev = conn.next_event()
-            except h11.ProtocolError as exc:
-                raise _h11_error(exc) from None
-            if isinstance(ev, h11.Data):
-                out.append(bytes(ev.data))
-            elif isinstance(ev, h11.Request):
+        try:
+            body = self._body
+            if body is None:
+                ev = _h11_read_request(buf)
+                if ev is None:
+                    return
                 f = self._frame
-                hdrs = _h11_headers(ev.headers, chunk)
                 out.append(
                     RequestHead(
                         ev.method,
                         ev.target,
                         ev.http_version,
-                        hdrs,
+                        _h11_headers(ev.headers, data, start, end),
                         f[3],
                         f[2],
                         f[1],
@@ -500,12 +527,11 @@ class _H11RequestParser(_RequestReader):
                         f[5],
                     )
                 )
-            elif isinstance(ev, h11.EndOfMessage):
-                trailers: Headers = list(ev.headers.raw_items())
-                out.append(EndOfMessage(trailers) if trailers else EOM)
-                return
-            else:  # NEED_DATA, PAUSED
-                return
+                body = self._body = ChunkedReader() if f[2] else ContentLengthReader(f[1] or 0)
+            while not _h11_body(body(buf), out):
+                pass
+        except h11.ProtocolError as exc:
+            raise _h11_error(exc) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -745,62 +771,64 @@ class _HttptoolsResponseParser(_ResponseReader):
 
 
 class _H11ResponseParser(_ResponseReader):
-    """Responses parsed by h11 as a CLIENT: a fresh connection per response head, primed
-    with a synthetic request carrying the announced method (and an Upgrade offer for 101),
-    so h11 frames HEAD, CONNECT and 101 the way the rules do."""
+    """Responses parsed by h11 (pure Python): its status-line reader, then the h11 body reader
+    the frame names. The rules already framed HEAD, CONNECT, 1xx, 101, 204 and 304 (which
+    h11 could only learn from a request sent on an `h11.Connection`), so no connection and no
+    synthetic request are needed."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_body", "_rbuf")
 
     def __init__(self, limits: Limits) -> None:
         super().__init__(limits)
-        self._conn: h11.Connection | None = None
+        self._rbuf = ReceiveBuffer()
+        self._body: _H11Body | None = None  # None: h11 reads a head next
 
     def _begin(self, method: bytes, status: int) -> None:
-        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=self._limits.max_header_block)
-        headers = [(b"host", b"upstream")]
-        if status == 101:
-            headers += [(b"connection", b"upgrade"), (b"upgrade", b"pymesh")]
-        target = b"upstream:1" if method == b"CONNECT" else b"/"
-        conn.send(h11.Request(method=method, target=target, headers=headers))
-        conn.send(h11.EndOfMessage())
-        self._conn = conn
+        self._body = None
+        if self._rbuf:  # pragma: no cover - the rules feed whole messages
+            self._rbuf = ReceiveBuffer()
+
+    def _reset(self) -> None:
+        self._body = None
 
     def _codec(self, data: bytes | bytearray, start: int, end: int) -> None:
-        conn = self._conn
-        assert conn is not None
-        chunk = bytes(data[start:end])
-        conn.receive_data(chunk)
+        buf = self._rbuf
+        buf += data if start == 0 and end == len(data) else data[start:end]
         out = self._out
-        while True:
-            try:
-                ev = conn.next_event()
-            except h11.ProtocolError as exc:
-                raise _h11_error(exc) from None
-            if isinstance(ev, h11.Data):
-                out.append(bytes(ev.data))
-            elif isinstance(ev, (h11.Response, h11.InformationalResponse)):
+        try:
+            body = self._body
+            if body is None:
+                ev = _h11_read_response(buf)
+                if ev is None:
+                    return
                 f = self._frame
-                hdrs = _h11_headers(ev.headers, chunk)
                 out.append(
                     ResponseHead(
                         ev.status_code,
                         ev.reason,
                         ev.http_version,
-                        hdrs,
+                        _h11_headers(ev.headers, data, start, end),
                         f[5],
                         f[3],
                         f[2],
                     )
                 )
-                if isinstance(ev, h11.InformationalResponse):
+                kind = f[4]
+                if type(ev) is h11.InformationalResponse or kind == BODY_SWITCH:
                     return
-            elif isinstance(ev, h11.EndOfMessage):
-                if self._want_eom:
-                    trailers: Headers = list(ev.headers.raw_items())
-                    out.append(EndOfMessage(trailers) if trailers else EOM)
-                return
-            else:  # NEED_DATA, PAUSED
-                return
+                if kind == BODY_LENGTH:
+                    body = ContentLengthReader(f[2] or 0)
+                elif kind == BODY_CHUNKED:
+                    body = ChunkedReader()
+                elif kind == BODY_EOF:
+                    body = Http10Reader()
+                else:  # no body: HEAD, 204, 304; the framing appends the EndOfMessage
+                    return
+                self._body = body
+            while not _h11_body(body(buf), out):
+                pass
+        except h11.ProtocolError as exc:
+            raise _h11_error(exc) from None
 
 
 # ---------------------------------------------------------------------------------------------
