@@ -27,6 +27,7 @@ from pymesh.proxy.http1 import (
     make_response_parser,
 )
 from pymesh.proxy.messages import Body, Request, Response
+from pymesh.proxy.tcp import connect
 from pymesh.runtime import spawn
 
 __all__ = ["Pool", "PoolManager", "ResponseSink", "UpstreamConnection"]
@@ -368,12 +369,10 @@ class Pool:
         c = self.take_idle()
         if c is not None:
             return c
-        loop = asyncio.get_running_loop()
         conn = UpstreamConnection(self)
         host, port = self.address
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                await loop.create_connection(lambda: conn, host, port)
+            await connect(conn, host, port, self.connect_timeout)
         except TimeoutError as exc:
             self.connect_failures += 1
             raise UpstreamConnectError(f"{host}:{port}: connect timeout") from exc
