@@ -37,7 +37,7 @@ from pymesh.proxy.http1 import (
 )
 from pymesh.proxy.messages import Body, Headers, Request, RequestContext, Response
 from pymesh.proxy.router import Route, may_retry
-from pymesh.proxy.tcp import Connection, connect_relay
+from pymesh.proxy.tcp import Connection, connect_relay, wire_relay
 
 __all__ = ["H1Connection", "HttpObserver", "HttpSettings", "ListenerState", "TcpObserver"]
 
@@ -378,6 +378,14 @@ class H1Connection(asyncio.Protocol):
             headers.append((k, v))
         if connection_opts:
             headers = [(k, v) for k, v in headers if k.lower() not in connection_opts]
+        websocket = (
+            head.upgrade is not None and head.upgrade.lower() == b"websocket" and method == b"GET"
+        )
+        if websocket:
+            # RFC 6455 §4.1: the one Upgrade we pass on; the 101 turns the exchange into a
+            # byte relay (`_switch`). Other upgrades (h2c...) are dropped as hop-by-hop.
+            headers.append((b"connection", b"Upgrade"))
+            headers.append((b"upgrade", head.upgrade or b"websocket"))
         ip = self._client_ip.encode()
         headers.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
         if rid is None:
@@ -436,7 +444,7 @@ class H1Connection(asyncio.Protocol):
             content_length=head.content_length if not head.chunked else None,
             chunked=head.chunked,
         )
-        if body is None and self._try_fast(req, head.keep_alive, settings):
+        if body is None and not websocket and self._try_fast(req, head.keep_alive, settings):
             return
         self._task = asyncio.get_running_loop().create_task(
             self._exchange(req, head.keep_alive, settings)
@@ -548,6 +556,40 @@ class H1Connection(asyncio.Protocol):
             self._observe(request, response.status, settings)
         self._finish_exchange(keep_alive)
 
+    def _switch(self, request: Request, response: Response, settings: HttpSettings) -> bool:
+        """The upstream answered 101 to a WebSocket upgrade: send the 101 and relay bytes.
+
+        The connection leaves HTTP for good: from here it is an L4 relay, counted and logged
+        by the TCP observers when it closes (the 101 itself is logged as a request).
+        """
+        up = response.upgrade
+        assert up is not None
+        t = self.transport
+        if t is None or self.closed or t.is_closing() or up.transport.is_closing():
+            up.transport.close()
+            return False
+        out: Headers = [(k, v) for k, v in response.headers if k.lower() not in _HOP_BY_HOP]
+        value = next((v for k, v in response.headers if k.lower() == b"upgrade"), b"websocket")
+        out += [(b"connection", b"Upgrade"), (b"upgrade", value)]
+        self._response_started = True
+        self.flow.write(serialize_response_head(101, response.reason, out))
+        self.flow.flush()
+        ctx = request.context
+        conn = Connection(t, self.state.name, initial=self.parser_leftover())
+        conn.destination_service = ctx.destination_service
+        conn.upstream_addr = ctx.upstream_addr
+        conn.source_principal = ctx.source_principal
+        self._stop_timer()
+        self.state.connections.discard(self)
+        self.busy = False
+
+        def on_close(c: Connection, exc: BaseException | None) -> None:
+            for obs in settings.tcp_observers:
+                obs.on_connection(c, exc)
+
+        wire_relay(conn, up.transport, up.initial, on_close=on_close)
+        return True
+
     def _observe(self, request: Request, status: int, settings: HttpSettings) -> None:
         ctx = request.context
         duration = time.monotonic() - ctx.start
@@ -566,6 +608,7 @@ class H1Connection(asyncio.Protocol):
         ctx = request.context
         response: Response | None = None
         status = 0
+        switched = False
         try:
             try:
                 route = settings.router.route(request.authority, "http1")
@@ -581,7 +624,10 @@ class H1Connection(asyncio.Protocol):
                 ctx.response_flags = "internal_error"
                 response = Response.from_error(ProxyError(repr(exc)))
             status = response.status
-            keep_alive = await self._send(request, response, keep_alive)
+            if response.upgrade is not None:
+                switched = self._switch(request, response, settings)
+            else:
+                keep_alive = await self._send(request, response, keep_alive)
         except asyncio.CancelledError:
             ctx.response_flags = (
                 "downstream_reset" if ctx.response_flags == "-" else ctx.response_flags
@@ -601,6 +647,9 @@ class H1Connection(asyncio.Protocol):
             self._close()
         finally:
             self._observe(request, status, settings)
+        if switched:
+            self._task = None
+            return
         self._finish_exchange(keep_alive)
 
     async def _send(self, request: Request, response: Response, keep_alive: bool) -> bool:

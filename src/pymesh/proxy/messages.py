@@ -24,6 +24,7 @@ __all__ = [
     "Request",
     "RequestContext",
     "Response",
+    "Upgrade",
     "get_header",
     "remove_headers",
 ]
@@ -309,6 +310,18 @@ class Request:
 
 
 @final
+class Upgrade:
+    """An upstream connection that switched protocols (101): its transport, paused, and the
+    bytes it sent after the 101 head. The connection manager relays it to the client."""
+
+    __slots__ = ("initial", "transport")
+
+    def __init__(self, transport: asyncio.Transport, initial: bytes) -> None:
+        self.transport = transport
+        self.initial = initial
+
+
+@final
 class Response:
     """An HTTP response as the filters see it.
 
@@ -317,7 +330,16 @@ class Response:
     `release` is called once the connection manager has finished with the response.
     """
 
-    __slots__ = ("body", "chunked", "content_length", "headers", "reason", "release", "status")
+    __slots__ = (
+        "body",
+        "chunked",
+        "content_length",
+        "headers",
+        "reason",
+        "release",
+        "status",
+        "upgrade",
+    )
 
     def __init__(
         self,
@@ -336,6 +358,7 @@ class Response:
         self.content_length = content_length
         self.chunked = chunked
         self.release: Callable[[bool], None] | None = None
+        self.upgrade: Upgrade | None = None  # set on a 101: the connection became a tunnel
 
     @classmethod
     def local(

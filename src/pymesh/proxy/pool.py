@@ -26,7 +26,7 @@ from pymesh.proxy.http1 import (
     encode_last_chunk,
     make_response_parser,
 )
-from pymesh.proxy.messages import Body, Request, Response
+from pymesh.proxy.messages import Body, Request, Response, Upgrade
 from pymesh.proxy.tcp import connect
 from pymesh.runtime import spawn
 
@@ -141,7 +141,10 @@ class UpstreamConnection(asyncio.Protocol):
                 if body is not None:
                     body.feed(ev)
             elif isinstance(ev, ResponseHead):
-                if ev.status < 200 and ev.status != 101:
+                if ev.status == 101:
+                    self._switched(ev)
+                    return
+                if ev.status < 200:
                     continue  # interim responses are not relayed (we answer 100-continue)
                 self.keep_alive = ev.keep_alive
                 body = Body(pause=self._pause_reading, resume=self._resume_reading)
@@ -172,6 +175,23 @@ class UpstreamConnection(asyncio.Protocol):
             self._sink = None
             if sink is not None:
                 sink.fast_response(ready)
+
+    def _switched(self, head: ResponseHead) -> None:
+        """101 Switching Protocols: the connection leaves the pool and becomes a tunnel."""
+        t = self.transport
+        assert t is not None
+        self._response_done = True
+        self.keep_alive = False
+        self._pool.forget(self)
+        t.pause_reading()  # the relay resumes it
+        resp = Response(101, head.headers, None, reason=head.reason)
+        resp.upgrade = Upgrade(t, self.parser.upgraded())
+        fut = self._head_fut
+        self._head_fut = None
+        if fut is not None and not fut.done():
+            fut.set_result(resp)
+        else:
+            t.close()  # nobody asked for an upgrade here
 
     def _pause_reading(self) -> None:
         if not self._response_done and self.transport is not None:

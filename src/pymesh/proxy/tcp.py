@@ -18,13 +18,22 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar, cast, final
+from typing import TypeVar, cast, final
 
 import structlog
 
 from pymesh.errors import NoHealthyUpstream, UpstreamConnectError
 
-__all__ = ["Connection", "Holding", "RelayStats", "TcpSide", "connect_relay", "shutdown_write"]
+__all__ = [
+    "Connection",
+    "Holding",
+    "RelayStats",
+    "TcpSide",
+    "connect",
+    "connect_relay",
+    "shutdown_write",
+    "wire_relay",
+]
 
 HIGH_WATER = 256 * 1024
 _log = structlog.get_logger("pymesh.tcp")
@@ -270,6 +279,79 @@ async def connect(protocol: P, host: str, port: int, timeout: float) -> tuple[as
     return transport, proto
 
 
+class _RelayState:
+    """Counts the two sides' closes; reports the connection once both are gone."""
+
+    __slots__ = ("closed", "conn", "exc", "on_close")
+
+    def __init__(
+        self, conn: Connection, on_close: Callable[[Connection, BaseException | None], None]
+    ) -> None:
+        self.conn = conn
+        self.on_close = on_close
+        self.closed = 0
+        self.exc: BaseException | None = None
+
+    def side_closed(self, side: TcpSide, exc: Exception | None) -> None:
+        if exc is not None and self.exc is None:
+            self.exc = exc
+        self.closed += 1
+        if self.closed == 2:
+            self.on_close(self.conn, self.exc)
+
+
+def _pair(conn: Connection, state: _RelayState) -> tuple[TcpSide, TcpSide]:
+    down = TcpSide(upstream=False, on_close=state.side_closed)
+    up = TcpSide(upstream=True, on_close=state.side_closed)
+    down.peer = up
+    up.peer = down
+    stats = conn.stats
+
+    def count_rx(n: int) -> None:
+        stats.received += n
+
+    def count_tx(n: int) -> None:
+        stats.sent += n
+
+    down.count = count_rx
+    up.count = count_tx
+    return down, up
+
+
+def _start(conn: Connection, down: TcpSide) -> None:
+    """Hand the downstream transport to the relay, replaying what was read before."""
+    dt = conn.transport
+    dt.set_protocol(down)
+    down.connection_made(dt)
+    if conn.initial:
+        down.data_received(conn.initial)
+        conn.initial = b""
+    if conn.eof:
+        down.eof_received()
+    else:
+        dt.resume_reading()
+
+
+def wire_relay(
+    conn: Connection,
+    upstream: asyncio.Transport,
+    upstream_initial: bytes,
+    *,
+    on_close: Callable[[Connection, BaseException | None], None],
+) -> None:
+    """Relay `conn`'s transport and an already-connected `upstream` transport (an HTTP/1.1
+    Upgrade: after the 101 both become a byte stream). `upstream_initial` are bytes the
+    upstream sent after its 101; `conn.initial` those the client sent after its request."""
+    state = _RelayState(conn, on_close)
+    down, up = _pair(conn, state)
+    upstream.set_protocol(up)
+    up.connection_made(upstream)
+    _start(conn, down)
+    if upstream_initial:
+        up.data_received(upstream_initial)
+    upstream.resume_reading()
+
+
 async def connect_relay(
     conn: Connection,
     address: tuple[str, int] | None,
@@ -287,49 +369,19 @@ async def connect_relay(
     """
     if address is None:
         raise NoHealthyUpstream("no endpoint")
-    state: dict[str, Any] = {"closed": 0, "exc": None}  # shared by both sides' callbacks
-
-    def side_closed(side: TcpSide, exc: Exception | None) -> None:
-        if exc is not None and state["exc"] is None:
-            state["exc"] = exc
-        state["closed"] += 1
-        if state["closed"] == 2:
-            on_close(conn, state["exc"])
-
-    up = TcpSide(upstream=True, on_close=side_closed)
+    state = _RelayState(conn, on_close)
+    down, up = _pair(conn, state)
     host, port = address
     conn.upstream_addr = f"{host}:{port}"
     try:
         await connect(up, host, port, connect_timeout)
     except (OSError, TimeoutError) as exc:
         raise UpstreamConnectError(f"{host}:{port}: {exc or 'connect timeout'}") from exc
-    down = TcpSide(upstream=False, on_close=side_closed)
-    down.peer = up
-    up.peer = down
-    stats = conn.stats
-
-    def count_rx(n: int) -> None:
-        stats.received += n
-
-    def count_tx(n: int) -> None:
-        stats.sent += n
-
-    down.count = count_rx
-    up.count = count_tx
-    dt = conn.transport
-    if dt.is_closing():
+    if conn.transport.is_closing():
         assert up.transport is not None
         up.transport.close()
-        side_closed(down, None)
+        state.side_closed(down, None)
         return
     if before_relay is not None:
         before_relay()
-    dt.set_protocol(down)
-    down.connection_made(dt)
-    if conn.initial:
-        down.data_received(conn.initial)
-        conn.initial = b""
-    if conn.eof:
-        down.eof_received()
-    else:
-        dt.resume_reading()
+    _start(conn, down)
