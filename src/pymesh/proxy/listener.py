@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import cast, final
@@ -20,26 +19,13 @@ import structlog
 
 from pymesh.errors import ProxyError
 from pymesh.proxy.chain import ConnectionHandler, NetworkFilter, compose_network
+from pymesh.proxy.detect import DETECT_TIMEOUT_S, Detection, Protocol, detect, detect_final
 from pymesh.proxy.hcm import H1Connection, ListenerState, TcpObserver
 from pymesh.proxy.tcp import Connection, Holding, connect_relay
 
-__all__ = ["Detect", "L4Accept", "TcpSettings", "TcpState", "looks_like_http1", "serve"]
+__all__ = ["Detect", "L4Accept", "TcpSettings", "TcpState", "serve"]
 
 _log = structlog.get_logger("pymesh.listener")
-
-# An HTTP/1 request line starts with a method token and a space. RFC 9110 §9 tokens; the
-# common methods are upper case, and we only need enough to tell HTTP from opaque bytes.
-_HTTP1_PREFIX = re.compile(rb"[A-Z][A-Z0-9!#$%&'*+.^_`|~-]{0,19} ")
-_TOKEN_CHARS = re.compile(rb"[A-Z][A-Z0-9!#$%&'*+.^_`|~-]{0,19}")
-
-
-def looks_like_http1(data: bytes) -> bool | None:
-    """True: an HTTP/1 request line; False: not HTTP/1; None: need more bytes to tell."""
-    if _HTTP1_PREFIX.match(data):
-        return True
-    if _TOKEN_CHARS.fullmatch(data[:20]) and len(data) < 21:
-        return None
-    return False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,9 +100,12 @@ async def _run_l4(state: TcpState, conn: Connection) -> None:
         conn.transport.close()
 
 
-def start_l4(state: TcpState, transport: asyncio.Transport, initial: bytes = b"") -> None:
+def start_l4(
+    state: TcpState, transport: asyncio.Transport, initial: bytes = b"", *, eof: bool = False
+) -> None:
     """Run the L4 chain for an accepted transport (its bytes are held meanwhile)."""
     conn = Connection(transport, state.name, initial=initial)
+    conn.eof = eof
     transport.set_protocol(Holding(conn, transport))
     if state.connections >= state.settings.max_connections:
         conn.close_reason = "overflow"
@@ -146,12 +135,21 @@ class L4Accept(asyncio.Protocol):
 
 @final
 class Detect(asyncio.Protocol):
-    """Entry protocol of a port with no declared protocol: sniff, then hand over."""
+    """Entry protocol of a port with no declared protocol: sniff, then hand over.
+
+    `pymesh.proxy.detect` decides from the first bytes (docs/detection.md); silence until the
+    detection timeout (server-first protocols) or EOF decides with what is there. HTTP/1 goes to
+    the HTTP connection manager; everything else — TLS and prior-knowledge HTTP/2 included,
+    until those have their own paths — is relayed at L4 to the app, bytes intact.
+    """
 
     __slots__ = ("_buf", "_timer", "http", "tcp", "timeout", "transport")
 
     def __init__(
-        self, http: ListenerState | None, tcp: TcpState | None, timeout: float = 0.2
+        self,
+        http: ListenerState | None,
+        tcp: TcpState | None,
+        timeout: float = DETECT_TIMEOUT_S,
     ) -> None:
         self.http = http
         self.tcp = tcp
@@ -164,37 +162,44 @@ class Detect(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport = transport
         if self.http is None:
-            self._to_tcp()
+            self._to_tcp(eof=False)
             return
         if self.tcp is None:
-            self._to_http()
+            self._to_http(eof=False)
             return
-        self._timer = asyncio.get_running_loop().call_later(self.timeout, self._to_tcp)
+        self._timer = asyncio.get_running_loop().call_later(self.timeout, self._on_timeout)
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
-        verdict = looks_like_http1(self._buf)
-        if verdict is None and len(self._buf) < 64:
-            return
-        if verdict:
-            self._to_http()
-        else:
-            self._to_tcp()
+        found = detect(self._buf)
+        if found is not None:
+            self._hand_over(found, eof=False)
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        self._hand_over(detect_final(self._buf), eof=False)
 
     def eof_received(self) -> bool:
-        if self._timer is not None:
-            self._timer.cancel()
-        return False
+        if not self._buf:
+            return False  # closed without a byte: nothing to relay
+        self._hand_over(detect_final(self._buf), eof=True)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _to_http(self) -> None:
+    def _hand_over(self, found: Detection, eof: bool) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if found.protocol is Protocol.HTTP1:
+            self._to_http(eof)
+        else:
+            self._to_tcp(eof)
+
+    def _to_http(self, eof: bool) -> None:
         t = self.transport
         assert t is not None and self.http is not None
         proto = H1Connection(self.http)
@@ -203,16 +208,17 @@ class Detect(asyncio.Protocol):
         if self._buf:
             data, self._buf = self._buf, b""
             proto.data_received(data)
+        if eof and not proto.eof_received():
+            t.close()
 
-    def _to_tcp(self) -> None:
-        self._timer = None
+    def _to_tcp(self, eof: bool) -> None:
         t = self.transport
         assert t is not None
         if self.tcp is None:
             t.close()
             return
         data, self._buf = self._buf, b""
-        start_l4(self.tcp, t, data)
+        start_l4(self.tcp, t, data, eof=eof)
 
 
 async def serve(
