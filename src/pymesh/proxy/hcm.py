@@ -59,6 +59,7 @@ _HOP_BY_HOP = frozenset(
         b"expect",
     }
 )
+HOP_BY_HOP = _HOP_BY_HOP  # shared with the HTTP/2 connection manager
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CONNECT_OK = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -99,6 +100,17 @@ class HttpSettings:
     absolute_form: bool = True  # accept absolute-form targets (RFC 9112 §3.2.2: servers MUST)
 
 
+class ManagedConnection(Protocol):
+    """What a listener needs of its connections (HTTP/1.1 or HTTP/2) to drain them."""
+
+    transport: asyncio.Transport | None
+
+    @property
+    def busy(self) -> bool: ...
+
+    def close_if_idle(self) -> None: ...
+
+
 @final
 class ListenerState:
     """Live state shared by a listener's connections: settings, connections, draining."""
@@ -108,7 +120,7 @@ class ListenerState:
     def __init__(self, name: str, settings: HttpSettings) -> None:
         self.name = name
         self.settings = settings
-        self.connections: set[H1Connection] = set()
+        self.connections: set[ManagedConnection] = set()
         self.draining = False
 
     def drain(self) -> None:

@@ -21,6 +21,7 @@ from pymesh.errors import ProxyError
 from pymesh.proxy.chain import ConnectionHandler, NetworkFilter, compose_network
 from pymesh.proxy.detect import DETECT_TIMEOUT_S, Detection, Protocol, detect, detect_final
 from pymesh.proxy.hcm import H1Connection, ListenerState, TcpObserver
+from pymesh.proxy.hcm2 import H2ServerConnection
 from pymesh.proxy.tcp import Connection, Holding, connect_relay
 
 __all__ = ["Detect", "L4Accept", "TcpSettings", "TcpState", "serve"]
@@ -139,8 +140,10 @@ class Detect(asyncio.Protocol):
 
     `pymesh.proxy.detect` decides from the first bytes (docs/detection.md); silence until the
     detection timeout (server-first protocols) or EOF decides with what is there. HTTP/1 goes to
-    the HTTP connection manager; everything else — TLS and prior-knowledge HTTP/2 included,
-    until those have their own paths — is relayed at L4 to the app, bytes intact.
+    the HTTP/1.1 connection manager, the HTTP/2 preface to the HTTP/2 one; everything else —
+    TLS included, until mTLS has its own path — is relayed at L4, bytes intact. Without an L4
+    target (the outbound listener) undecidable bytes go to the HTTP/1.1 manager, which refuses
+    them properly.
     """
 
     __slots__ = ("_buf", "_timer", "http", "tcp", "timeout", "transport")
@@ -163,9 +166,6 @@ class Detect(asyncio.Protocol):
         self.transport = transport
         if self.http is None:
             self._to_tcp(eof=False)
-            return
-        if self.tcp is None:
-            self._to_http(eof=False)
             return
         self._timer = asyncio.get_running_loop().call_later(self.timeout, self._on_timeout)
 
@@ -194,10 +194,22 @@ class Detect(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if found.protocol is Protocol.HTTP1:
+        if found.protocol is Protocol.HTTP2 and self.http is not None:
+            self._to_h2(eof)
+        elif found.protocol is Protocol.HTTP1 or self.tcp is None:
             self._to_http(eof)
         else:
             self._to_tcp(eof)
+
+    def _to_h2(self, eof: bool) -> None:
+        t = self.transport
+        assert t is not None and self.http is not None
+        data, self._buf = self._buf, b""
+        proto = H2ServerConnection(self.http, initial=data)
+        t.set_protocol(proto)
+        proto.connection_made(t)
+        if eof:
+            proto.eof_received()
 
     def _to_http(self, eof: bool) -> None:
         t = self.transport

@@ -257,7 +257,13 @@ class Sidecar:
         if want_out is not None:
             self._outbound_state = ListenerState("outbound", outbound)
             self._http_states.append(self._outbound_state)
-            srv = await serve(*want_out, make_protocol_factory(self._outbound_state))
+            ostate = self._outbound_state
+
+            def outbound_factory() -> asyncio.Protocol:
+                # HTTP/1.1 (http_proxy, Host routing, CONNECT) or prior-knowledge HTTP/2.
+                return Detect(ostate, None)
+
+            srv = await serve(*want_out, outbound_factory)
             self._servers.append(srv)
             self.addresses["outbound"] = bound_address(srv)
         want_in = self._want["inbound"]
@@ -269,8 +275,8 @@ class Sidecar:
             self._inbound_state, self._tcp_state = istate, tstate
             if istate is not None:
                 self._http_states.append(istate)
-            if istate is not None and tstate is None:
-                factory: Any = make_protocol_factory(istate)
+            if istate is not None and tstate is None and protocols == {"http"}:
+                factory: Any = make_protocol_factory(istate)  # HTTP/1.1 only: no sniffing
             elif tstate is not None and istate is None:
                 ts = tstate
 

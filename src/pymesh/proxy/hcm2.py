@@ -1,0 +1,407 @@
+"""The HTTP/2 connection manager (downstream): the asyncio shell around `pymesh.proxy.http2`.
+
+One `H2ServerConnection` per client connection that spoke the HTTP/2 preface (prior-knowledge
+h2c, found by protocol detection). Every stream becomes a `Request` on the same routes and
+filter chains as HTTP/1.1, run in one task per stream; responses go back as HTTP/2 with the
+windows honoured both ways:
+
+- request bodies: received bytes are acknowledged to the client (reopening its window) only
+  while the stream's `Body` is below its high-water mark; past it, acknowledgements wait until
+  the consumer drains the body, so a slow upstream slows the client instead of a buffer growing;
+- response bodies: `send_data` takes only what the peer's windows allow; the rest waits for a
+  WINDOW_UPDATE (or for the transport's write buffer to drain).
+
+Protections (concurrent streams, header list size, CONTINUATION floods, rapid reset) live in the
+codec; when it ends the connection (GOAWAY) this shell flushes and closes. Upstreams are reached
+over HTTP/1.1 for now (the HTTP/2 upstream pool is a later step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import cast, final
+
+import structlog
+
+from pymesh.errors import ProxyError, RemoteProtocolError
+from pymesh.proxy.filters.request_id import new_request_id
+from pymesh.proxy.flow import WriteFlow
+from pymesh.proxy.hcm import HOP_BY_HOP, ListenerState
+from pymesh.proxy.http2 import (
+    ConnectionTerminated,
+    H2Connection,
+    StreamData,
+    StreamEnded,
+    StreamHeaders,
+    StreamRejected,
+    StreamReset,
+    StreamTrailers,
+    WindowOpened,
+    grpc_error_headers,
+    h2_to_h1_request_head,
+    is_grpc,
+)
+from pymesh.proxy.messages import Body, Headers, Request, RequestContext, Response
+
+__all__ = ["H2ServerConnection"]
+
+_log = structlog.get_logger("pymesh.hcm2")
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+@final
+class _Stream:
+    __slots__ = ("body", "grpc", "held", "id", "pending_ack", "request", "task", "trailers")
+
+    def __init__(self, stream_id: int, request: Request, grpc: bool) -> None:
+        self.id = stream_id
+        self.request = request
+        self.body = request.body
+        self.grpc = grpc
+        self.task: asyncio.Task[None] | None = None
+        self.held = False  # the body is over its high-water mark: acknowledgements wait
+        self.pending_ack = 0
+        self.trailers: Headers = []
+
+
+@final
+class H2ServerConnection(asyncio.Protocol):
+    """One downstream HTTP/2 connection."""
+
+    def __init__(self, state: ListenerState, initial: bytes = b"") -> None:
+        self.state = state
+        self.codec = H2Connection("server")
+        self.flow = WriteFlow()
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, _Stream] = {}
+        self.closed = False
+        self.peer = "-"
+        self._client_ip = b""
+        self._initial = initial
+        self._window: asyncio.Future[None] | None = None
+
+    # -- the ListenerState contract (drain, busy) -----------------------------------------
+    @property
+    def busy(self) -> bool:
+        """Streams in flight."""
+        return bool(self.streams)
+
+    def close_if_idle(self) -> None:
+        """Drain: GOAWAY now (in-flight streams finish), close once none is left."""
+        if not self.streams:
+            self._close()
+            return
+        if not self.codec.draining:
+            self.codec.start_graceful_shutdown()
+            self._send()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        t = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport = t
+        self.flow.transport = t
+        peer = t.get_extra_info("peername")
+        if peer:
+            self.peer = f"{peer[0]}:{peer[1]}"
+            self._client_ip = str(peer[0]).encode()
+        self.state.connections.add(self)
+        self._send()  # our SETTINGS
+        if self._initial:
+            data, self._initial = self._initial, b""
+            self.data_received(data)
+
+    def data_received(self, data: bytes) -> None:
+        events = self.codec.receive_data(data, asyncio.get_running_loop().time())
+        for ev in events:
+            if isinstance(ev, StreamData):
+                self._on_data(ev)
+            elif isinstance(ev, StreamHeaders):
+                self._on_headers(ev)
+            elif isinstance(ev, StreamEnded):
+                s = self.streams.get(ev.stream_id)
+                if s is not None and s.body is not None:
+                    s.body.feed_eof(s.trailers)
+            elif isinstance(ev, StreamTrailers):
+                s = self.streams.get(ev.stream_id)
+                if s is not None:
+                    s.trailers = ev.headers
+            elif isinstance(ev, WindowOpened):
+                self._wake_window()
+            elif isinstance(ev, StreamReset):
+                self._on_reset(ev.stream_id)
+            elif isinstance(ev, StreamRejected):
+                self._reject(ev.stream_id)
+            elif isinstance(ev, ConnectionTerminated):
+                self._send()
+                if not ev.remote or ev.error_code != 0 or not self.streams:
+                    if ev.error_code:
+                        _log.info("h2_goaway", peer=self.peer, code=ev.error_code, remote=ev.remote)
+                    self._close()
+                    return
+        self._send()
+
+    def eof_received(self) -> bool:
+        self._close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.state.connections.discard(self)
+        for s in list(self.streams.values()):
+            if s.body is not None:
+                s.body.abort(ConnectionResetError("client connection lost"))
+            if s.task is not None and not s.task.done():
+                s.task.cancel()
+        self.flow.close()
+        self._wake_window()
+
+    def pause_writing(self) -> None:
+        self.flow.pause()
+
+    def resume_writing(self) -> None:
+        self.flow.resume()
+
+    # -- helpers --------------------------------------------------------------------------
+    def _send(self) -> None:
+        out = self.codec.data_to_send()
+        if out:
+            self.flow.write(out)
+
+    def _close(self) -> None:
+        self.flow.flush()
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.close()
+
+    def _wake_window(self) -> None:
+        w = self._window
+        if w is not None:
+            self._window = None
+            if not w.done():
+                w.set_result(None)
+
+    async def _wait_window(self) -> None:
+        if self.closed:
+            raise ConnectionResetError("client connection lost")
+        w = self._window
+        if w is None:
+            w = self._window = asyncio.get_running_loop().create_future()
+        await w
+
+    # -- streams --------------------------------------------------------------------------
+    def _on_headers(self, ev: StreamHeaders) -> None:
+        sid = ev.stream_id
+        if sid in self.streams:
+            return  # only trailers follow a request head; the codec reports those apart
+        grpc = is_grpc(ev.headers)
+        try:
+            head = h2_to_h1_request_head(ev.headers, ev.end_stream)
+        except RemoteProtocolError as exc:
+            self._local_reply(sid, exc, grpc)
+            return
+        ctx = RequestContext(
+            listener=self.state.name, downstream_addr=self.peer, start=time.monotonic()
+        )
+        headers: Headers = []
+        authority = b""
+        rid: bytes | None = None
+        xff: bytes | None = None
+        for k, v in head.headers:
+            lk = k.lower()
+            if lk in HOP_BY_HOP:
+                continue
+            if lk == b"host":
+                authority = v
+            elif lk == b"x-request-id":
+                rid = v
+            elif lk == b"x-forwarded-for":
+                xff = v
+                continue
+            headers.append((k, v))
+        headers.append(
+            (b"x-forwarded-for", xff + b", " + self._client_ip if xff else self._client_ip)
+        )
+        if rid is None:
+            rid = new_request_id()
+            headers.append((b"x-request-id", rid))
+        ctx.request_id = rid.decode("latin-1")
+        body: Body | None = None
+        if not ev.end_stream:
+            body = Body()
+        request = Request(
+            head.method,
+            head.target,
+            authority,
+            headers,
+            body,
+            ctx,
+            http_version=b"2",
+            content_length=head.content_length,
+            chunked=head.chunked and body is not None,
+        )
+        stream = _Stream(sid, request, grpc)
+        if body is not None:
+            body.pause = lambda: setattr(stream, "held", True)
+            body.resume = lambda: self._release_acks(stream)
+        self.streams[sid] = stream
+        stream.task = asyncio.get_running_loop().create_task(self._run(stream))
+
+    def _on_data(self, ev: StreamData) -> None:
+        s = self.streams.get(ev.stream_id)
+        if s is None or s.body is None:
+            self.codec.acknowledge_received_data(ev.stream_id, ev.flow_controlled_length)
+            return
+        s.body.feed(ev.data)
+        if s.held:
+            s.pending_ack += ev.flow_controlled_length
+        else:
+            self.codec.acknowledge_received_data(ev.stream_id, ev.flow_controlled_length)
+
+    def _release_acks(self, s: _Stream) -> None:
+        s.held = False
+        if s.pending_ack and not self.closed:
+            n, s.pending_ack = s.pending_ack, 0
+            self.codec.acknowledge_received_data(s.id, n)
+            self._send()
+
+    def _on_reset(self, sid: int) -> None:
+        s = self.streams.pop(sid, None)
+        if s is None:
+            return
+        if s.body is not None:
+            s.body.abort(ConnectionResetError("stream reset by the client"))
+        if s.task is not None and not s.task.done():
+            s.task.cancel()
+
+    def _reject(self, sid: int) -> None:
+        err = ProxyError("more headers than allowed", code="headers_too_large", http_status=431)
+        self._local_reply(sid, err, False)
+
+    def _local_reply(self, sid: int, exc: ProxyError, grpc: bool) -> None:
+        """Answer a stream that never became a request (malformed head)."""
+        if grpc:
+            self.codec.send_headers(
+                sid, grpc_error_headers(exc.code, exc.detail or exc.code), end_stream=True
+            )
+        else:
+            resp = Response.from_error(exc)
+            body = f"{exc.code}: {exc.detail or exc.code}\n".encode()
+            self.codec.send_headers(sid, self._h2_headers(resp, None, ""), end_stream=False)
+            self.codec.send_data(sid, body, end_stream=True)
+        self._send()
+
+    @staticmethod
+    def _h2_headers(response: Response, length: int | None, rid: str) -> Headers:
+        out: Headers = [(b":status", str(response.status).encode())]
+        for k, v in response.headers:
+            lk = k.lower()
+            if lk in HOP_BY_HOP:
+                continue
+            if lk == b"x-request-id":
+                rid = ""
+            out.append((lk, v))
+        if length is not None:
+            out.append((b"content-length", str(length).encode()))
+        if rid:
+            out.append((b"x-request-id", rid.encode("latin-1")))
+        return out
+
+    async def _run(self, stream: _Stream) -> None:
+        settings = self.state.settings
+        request = stream.request
+        ctx = request.context
+        response: Response | None = None
+        status = 0
+        try:
+            try:
+                route = settings.router.route(request.authority, "http2")
+                ctx.destination_service = route.host
+                ctx.destination_namespace = route.namespace
+                ctx.destination_workload = route.workload
+                response = await route.handler(request)
+            except ProxyError as exc:
+                ctx.response_flags = exc.code
+                if stream.grpc:
+                    status = 200
+                    self.codec.send_headers(
+                        stream.id,
+                        grpc_error_headers(exc.code, exc.detail or exc.code),
+                        end_stream=True,
+                    )
+                    self._send()
+                    return
+                response = Response.from_error(exc)
+            status = response.status
+            await self._respond(stream, response)
+        except asyncio.CancelledError:
+            if ctx.response_flags == "-":
+                ctx.response_flags = "downstream_reset"
+            if response is not None and response.release is not None:
+                response.release(False)
+            if not self.closed and stream.id in self.streams:
+                raise
+        except (ConnectionError, ProxyError) as exc:
+            if ctx.response_flags == "-":
+                ctx.response_flags = exc.code if isinstance(exc, ProxyError) else "downstream_reset"
+            if response is not None and response.release is not None:
+                response.release(False)
+            self.codec.reset_stream(stream.id)
+            self._send()
+        except Exception as exc:  # a bug: keep the connection, reset the stream
+            _log.exception("h2_stream_failed", peer=self.peer, error=repr(exc))
+            self.codec.reset_stream(stream.id)
+            self._send()
+        finally:
+            self.streams.pop(stream.id, None)
+            duration = time.monotonic() - ctx.start
+            if request.body is not None:
+                ctx.bytes_received = request.body.received
+            for obs in settings.observers:
+                obs.on_request(request, status, duration)
+            if self.codec.draining and not self.streams:
+                self._close()
+
+    async def _respond(self, stream: _Stream, response: Response) -> None:
+        request = stream.request
+        sid = stream.id
+        body = response.body
+        head_only = request.method == b"HEAD" or response.status in _NO_BODY_STATUS
+        if head_only:
+            body = None
+        headers = self._h2_headers(response, response.content_length, request.context.request_id)
+        codec = self.codec
+        if body is None:
+            codec.send_headers(sid, headers, end_stream=True)
+            self._send()
+            if response.release is not None:
+                response.release(True)
+            return
+        codec.send_headers(sid, headers)
+        self._send()
+        sent = 0
+        while True:
+            data = await body.read()
+            if not data:
+                break
+            sent += len(data)
+            while data:
+                n = codec.send_data(sid, data)
+                self._send()
+                data = data[n:]
+                if self.flow.paused:
+                    await self.flow.drain()  # the socket's buffer is full: wait for it
+                elif data and n == 0:
+                    await self._wait_window()  # the peer's window is closed: wait for it
+                else:
+                    continue
+                if self.closed or sid not in self.streams:
+                    raise ConnectionResetError("stream or connection gone")
+        request.context.bytes_sent = sent
+        if body.trailers:
+            codec.send_trailers(sid, [(k.lower(), v) for k, v in body.trailers])
+        else:
+            codec.end_stream(sid)
+        self._send()
+        if response.release is not None:
+            response.release(True)

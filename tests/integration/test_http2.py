@@ -1,0 +1,127 @@
+"""HTTP/2 (prior-knowledge h2c) clients through the sidecar to HTTP/1.1 apps."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from tests.helpers import Backend, mesh_for, sidecar
+
+
+async def _h2_requests(
+    address: tuple[str, int], requests: list[tuple[str, str, bytes]], authority: str
+) -> dict[int, tuple[int, bytes]]:
+    """Send all requests concurrently on one HTTP/2 connection; {stream: (status, body)}."""
+    r, w = await asyncio.open_connection(*address)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+    conn.increment_flow_control_window(1 << 24)
+    pending: dict[int, bytes] = {}
+    for method, path, body in requests:
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(
+            sid,
+            [(":method", method), (":path", path), (":scheme", "http"), (":authority", authority)],
+            end_stream=not body,
+        )
+        if body:
+            pending[sid] = body
+    results: dict[int, tuple[int, bytes]] = {}
+    statuses: dict[int, int] = {}
+    bodies: dict[int, bytearray] = {}
+    async with asyncio.timeout(20):
+        while len(results) < len(requests):
+            for sid, body in list(pending.items()):
+                # as much as the windows allow, as a real client does
+                while body and (
+                    n := min(
+                        len(body),
+                        conn.local_flow_control_window(sid),
+                        conn.max_outbound_frame_size,
+                    )
+                ):
+                    conn.send_data(sid, body[:n], end_stream=n == len(body))
+                    body = body[n:]
+                if body:
+                    pending[sid] = body
+                else:
+                    del pending[sid]
+            w.write(conn.data_to_send())
+            await w.drain()
+            data = await r.read(65536)
+            assert data, "connection closed early"
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    statuses[ev.stream_id] = int(dict(ev.headers)[b":status"])
+                elif isinstance(ev, h2.events.DataReceived):
+                    bodies.setdefault(ev.stream_id, bytearray()).extend(ev.data)
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    results[ev.stream_id] = (
+                        statuses[ev.stream_id],
+                        bytes(bodies.get(ev.stream_id, b"")),
+                    )
+    w.close()
+    return results
+
+
+async def test_100_concurrent_streams_on_one_connection() -> None:
+    async with Backend() as app:
+        mesh = mesh_for({"orders": ([(8080, "http")], [app.address])})
+        async with sidecar(mesh, "orders", app=app.address) as sc:
+            reqs = [("GET", f"/item/{i}", b"") for i in range(100)]
+            results = await _h2_requests(sc.outbound_address, reqs, "orders:8080")
+    assert len(results) == 100
+    by_body = sorted(body for _, body in results.values())
+    assert by_body == sorted(f"GET /item/{i} len=0".encode() for i in range(100))
+    assert all(status == 200 for status, _ in results.values())
+
+
+async def test_h2_upload_is_flow_controlled_and_complete() -> None:
+    async with Backend() as app:
+        mesh = mesh_for({"orders": ([(8080, "http")], [app.address])})
+        async with sidecar(mesh, "orders", app=app.address) as sc:
+            body = bytes(range(256)) * 4096  # 1 MiB, many windows' worth
+            results = await _h2_requests(sc.outbound_address, [("POST", "/up", body)], "orders")
+    assert list(results.values()) == [(200, b"POST /up len=1048576")]
+    assert app.requests[0].body == body
+
+
+async def test_h2_unknown_authority_gets_404_with_cause() -> None:
+    async with Backend() as app:
+        mesh = mesh_for({"orders": ([(8080, "http")], [app.address])})
+        async with sidecar(mesh, "orders", app=app.address) as sc:
+            results = await _h2_requests(sc.outbound_address, [("GET", "/", b"")], "nowhere")
+    [(status, body)] = results.values()
+    assert status == 404
+    assert body.startswith(b"no_route")
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_curl_http2_prior_knowledge() -> None:
+    async with Backend() as app:
+        mesh = mesh_for({"orders": ([(8080, "http")], [app.address])})
+        async with sidecar(mesh, "orders", app=app.address) as sc:
+            host, port = sc.outbound_address
+            proc = await asyncio.create_subprocess_exec(
+                "curl",
+                "-sS",
+                "-i",
+                "--max-time",
+                "5",
+                "--http2-prior-knowledge",
+                "--connect-to",
+                f"orders:8080:{host}:{port}",
+                "http://orders:8080/h2",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.startswith(b"HTTP/2 200"), out
+    assert out.endswith(b"GET /h2 len=0")
