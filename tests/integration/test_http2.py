@@ -7,6 +7,7 @@ import shutil
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import pytest
 from tests.helpers import Backend, mesh_for, sidecar
@@ -125,3 +126,98 @@ async def test_curl_http2_prior_knowledge() -> None:
     assert proc.returncode == 0, err
     assert out.startswith(b"HTTP/2 200"), out
     assert out.endswith(b"GET /h2 len=0")
+
+
+async def test_rapid_reset_client_is_cut_off_while_others_are_served() -> None:
+    """CVE-2023-44487: a client opening and resetting streams in a loop gets GOAWAY
+    (ENHANCE_YOUR_CALM) and is disconnected; a well-behaved client keeps being served."""
+    async with Backend() as app:
+        mesh = mesh_for({"orders": ([(8080, "http")], [app.address])})
+        async with sidecar(mesh, "orders", app=app.address) as sc:
+            r, w = await asyncio.open_connection(*sc.outbound_address)
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            goaway: h2.events.ConnectionTerminated | None = None
+            async with asyncio.timeout(10):
+                for _ in range(2000):
+                    sid = conn.get_next_available_stream_id()
+                    conn.send_headers(
+                        sid,
+                        [
+                            (":method", "GET"),
+                            (":path", "/"),
+                            (":scheme", "http"),
+                            (":authority", "orders"),
+                        ],
+                    )
+                    conn.reset_stream(sid)
+                    try:
+                        w.write(conn.data_to_send())
+                        await w.drain()
+                    except ConnectionError:
+                        break
+                    if r.at_eof():
+                        break
+                    try:
+                        async with asyncio.timeout(0.001):
+                            data = await r.read(65536)
+                    except TimeoutError:
+                        continue
+                    if not data:
+                        break
+                    for ev in conn.receive_data(data):
+                        if isinstance(ev, h2.events.ConnectionTerminated):
+                            goaway = ev
+                    if goaway is not None:
+                        break
+                rest = await r.read()  # the server closes after its GOAWAY
+                if goaway is None and rest:
+                    for ev in conn.receive_data(rest):
+                        if isinstance(ev, h2.events.ConnectionTerminated):
+                            goaway = ev
+            w.close()
+            # meanwhile (and after) a polite client is served normally
+            results = await _h2_requests(
+                sc.outbound_address, [("GET", f"/ok/{i}", b"") for i in range(10)], "orders"
+            )
+    assert goaway is not None
+    assert goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    assert sorted(s for s, _ in results.values()) == [200] * 10
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_drain_sends_goaway_and_lets_the_stream_finish() -> None:
+    """curl (which handles a graceful GOAWAY as RFC 9113 says; h2's own client does not)."""
+    from tests.helpers import BackendRequest
+
+    async def slow(req: BackendRequest) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        await asyncio.sleep(0.5)
+        return 200, [], b"finished"
+
+    async with Backend(handler=slow) as app:
+        mesh = mesh_for({"orders": ([(8080, "http")], [app.address])})
+        async with sidecar(mesh, "orders", app=app.address) as sc:
+            host, port = sc.outbound_address
+            proc = await asyncio.create_subprocess_exec(
+                "curl",
+                "-sS",
+                "-i",
+                "--max-time",
+                "5",
+                "--http2-prior-knowledge",
+                "--connect-to",
+                f"orders:8080:{host}:{port}",
+                "http://orders:8080/slow",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            await asyncio.sleep(0.25)
+            state = sc._outbound_state
+            assert state is not None
+            assert state.busy == 1
+            state.drain()  # what SIGTERM and POST /drain do: GOAWAY, streams finish
+            out, err = await proc.communicate()
+            assert not state.connections  # closed once its last stream ended
+    assert proc.returncode == 0, err
+    assert out.startswith(b"HTTP/2 200"), out
+    assert out.endswith(b"finished")
