@@ -27,6 +27,7 @@ from pymesh.proxy.http1 import (
     make_response_parser,
 )
 from pymesh.proxy.messages import Body, Request, Response, Upgrade
+from pymesh.proxy.pool2 import H2Pool
 from pymesh.proxy.tcp import connect
 from pymesh.runtime import spawn
 
@@ -444,7 +445,7 @@ class Pool:
 class PoolManager:
     """All pools of a sidecar, keyed by endpoint address."""
 
-    __slots__ = ("_pools", "codec", "connect_timeout", "idle_timeout", "limits")
+    __slots__ = ("_h2", "_pools", "codec", "connect_timeout", "idle_timeout", "limits")
 
     def __init__(
         self,
@@ -459,6 +460,7 @@ class PoolManager:
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self._pools: dict[tuple[str, int], Pool] = {}
+        self._h2: dict[tuple[str, int], H2Pool] = {}
 
     def get(self, address: tuple[str, int]) -> Pool:
         """The pool for `address`, created on first use."""
@@ -474,6 +476,14 @@ class PoolManager:
             self._pools[address] = pool
         return pool
 
+    def get_h2(self, address: tuple[str, int]) -> H2Pool:
+        """The HTTP/2 pool for `address` (ports declared http2 or grpc)."""
+        pool = self._h2.get(address)
+        if pool is None:
+            pool = H2Pool(address, connect_timeout=self.connect_timeout)
+            self._h2[address] = pool
+        return pool
+
     def pools(self) -> dict[tuple[str, int], Pool]:
         """A copy of the address → pool map (admin /clusters)."""
         return dict(self._pools)
@@ -482,3 +492,5 @@ class PoolManager:
         """Close every pool."""
         for p in self._pools.values():
             p.close()
+        for h in self._h2.values():
+            h.close()

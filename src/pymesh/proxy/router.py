@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 Kind = Literal["http1", "http2", "tcp"]
+_H2_PROTOCOLS = frozenset({"http2", "grpc"})
 BUFFER_BEFORE_FORWARD = 64 * 1024  # body bytes gathered before a request goes upstream
 _FITS: dict[Kind, frozenset[str | None]] = {
     "http1": frozenset({"http", None}),
@@ -110,12 +111,15 @@ class Forwarder:
     connection when `may_retry` allows it (idempotent, no body).
     """
 
-    __slots__ = ("body_timeout", "cluster", "pools")
+    __slots__ = ("body_timeout", "cluster", "h2", "pools")
 
-    def __init__(self, cluster: Cluster, pools: PoolManager, body_timeout: float = 60.0) -> None:
+    def __init__(
+        self, cluster: Cluster, pools: PoolManager, body_timeout: float = 60.0, h2: bool = False
+    ) -> None:
         self.cluster = cluster
         self.pools = pools
         self.body_timeout = body_timeout
+        self.h2 = h2  # the port is declared http2/grpc: upstream streams on HTTP/2
 
     @staticmethod
     def head_for(request: Request) -> bytes:
@@ -142,6 +146,8 @@ class Forwarder:
         if address is None:
             raise NoHealthyUpstream(f"service {self.cluster.name} has no endpoints")
         request.context.upstream_addr = f"{address[0]}:{address[1]}"
+        if self.h2:
+            return await (await self.pools.get_h2(address).acquire()).exchange(request)
         head = self.head_for(request)
         pool = self.pools.get(address)
         conn = pool.take_idle() or await pool.acquire()
@@ -178,7 +184,9 @@ class Route:
         # The destination service's FQDN (the `destination_service` metric label).
         self.host = f"{service}.{namespace}.svc.cluster.local"
         # A route without filters may skip the task machinery (see H1Connection._try_fast).
-        self.fast: Forwarder | None = handler if isinstance(handler, Forwarder) else None
+        self.fast: Forwarder | None = (
+            handler if isinstance(handler, Forwarder) and not handler.h2 else None
+        )
 
 
 def _names(r: Resource, source_namespace: str) -> Iterable[bytes]:
@@ -218,7 +226,9 @@ class OutboundRouter:
                     r.namespace,
                     p,
                     cluster,
-                    compose(filters(r, p), Forwarder(cluster, pools)),
+                    compose(
+                        filters(r, p), Forwarder(cluster, pools, h2=p.protocol in _H2_PROTOCOLS)
+                    ),
                 )
                 for p in spec.ports
             ]
@@ -280,7 +290,9 @@ class InboundRouter:
                 service.namespace,
                 p,
                 cluster,
-                compose(filters(service, p), Forwarder(cluster, pools)),
+                compose(
+                    filters(service, p), Forwarder(cluster, pools, h2=p.protocol in _H2_PROTOCOLS)
+                ),
             )
             self._by_port[p.port] = route
             routes.append(route)

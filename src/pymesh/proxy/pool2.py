@@ -1,0 +1,306 @@
+"""Upstream HTTP/2 connections, multiplexed, and their per-endpoint pool.
+
+For service ports declared `http2` or `grpc`: requests from either codec (HTTP/1.1 or HTTP/2
+clients) go upstream as streams of a shared HTTP/2 connection; the pool opens another
+connection when every open one is at the peer's SETTINGS_MAX_CONCURRENT_STREAMS. Windows are
+honoured both ways: request bodies wait for the upstream's WINDOW_UPDATEs; response bytes are
+acknowledged (reopening the upstream's window) only while the client side keeps up.
+Trailers (gRPC's `grpc-status`, `grpc-message`) come back on `Body.trailers`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast, final
+
+import structlog
+
+from pymesh.errors import Overflow, RemoteProtocolError, UpstreamConnectError, UpstreamReset
+from pymesh.proxy.events import RequestHead
+from pymesh.proxy.flow import WriteFlow
+from pymesh.proxy.http2 import (
+    ConnectionTerminated,
+    H2Connection,
+    StreamData,
+    StreamEnded,
+    StreamHeaders,
+    StreamReset,
+    StreamTrailers,
+    WindowOpened,
+    h1_to_h2_request_headers,
+    h2_to_h1_response_head,
+)
+from pymesh.proxy.messages import Body, Headers, Request, Response
+from pymesh.proxy.tcp import connect
+from pymesh.runtime import spawn
+
+__all__ = ["H2Pool", "H2UpstreamConnection"]
+
+_log = structlog.get_logger("pymesh.pool2")
+
+
+@final
+class _UpStream:
+    __slots__ = ("body", "held", "id", "method", "pending_ack", "response", "trailers")
+
+    def __init__(self, stream_id: int, method: bytes) -> None:
+        self.id = stream_id
+        self.method = method
+        self.response: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self.body: Body | None = None
+        self.trailers: Headers = []
+        self.held = False
+        self.pending_ack = 0
+
+
+@final
+class H2UpstreamConnection(asyncio.Protocol):
+    """One HTTP/2 connection to an upstream endpoint, carrying many streams."""
+
+    def __init__(self, pool: H2Pool) -> None:
+        self.pool = pool
+        self.codec = H2Connection("client")
+        self.flow = WriteFlow()
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, _UpStream] = {}
+        self.closed = False
+        self._window: asyncio.Future[None] | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Open, not draining, and below the peer's stream limit."""
+        return not self.closed and not self.codec.closed and self.codec.can_open_stream()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        t = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport = t
+        self.flow.transport = t
+        self._send()  # the connection preface
+
+    def data_received(self, data: bytes) -> None:
+        for ev in self.codec.receive_data(data, asyncio.get_running_loop().time()):
+            if isinstance(ev, StreamData):
+                s = self.streams.get(ev.stream_id)
+                if s is None or s.body is None:
+                    self.codec.acknowledge_received_data(ev.stream_id, ev.flow_controlled_length)
+                    continue
+                s.body.feed(ev.data)
+                if s.held:
+                    s.pending_ack += ev.flow_controlled_length
+                else:
+                    self.codec.acknowledge_received_data(ev.stream_id, ev.flow_controlled_length)
+            elif isinstance(ev, StreamHeaders):
+                self._on_headers(ev)
+            elif isinstance(ev, StreamTrailers):
+                s = self.streams.get(ev.stream_id)
+                if s is not None:
+                    s.trailers = ev.headers
+            elif isinstance(ev, StreamEnded):
+                s = self.streams.pop(ev.stream_id, None)
+                if s is not None and s.body is not None:
+                    s.body.feed_eof(s.trailers)
+            elif isinstance(ev, StreamReset):
+                self._fail_stream(
+                    ev.stream_id,
+                    UpstreamReset(f"upstream reset the stream (error {ev.error_code})"),
+                )
+            elif isinstance(ev, WindowOpened):
+                self._wake()
+            elif isinstance(ev, ConnectionTerminated):
+                self._send()
+                if ev.error_code or not ev.remote:
+                    self._fail_all(
+                        UpstreamReset(f"upstream ended the connection (error {ev.error_code})")
+                    )
+                    self.close()
+                elif not self.streams:
+                    self.close()
+        self._send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        self._fail_all(UpstreamReset(f"upstream connection lost: {exc or 'closed'}"))
+        self.flow.close()
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self.flow.pause()
+
+    def resume_writing(self) -> None:
+        self.flow.resume()
+
+    # -- helpers --------------------------------------------------------------------------
+    def _send(self) -> None:
+        out = self.codec.data_to_send()
+        if out:
+            self.flow.write(out)
+
+    def close(self) -> None:
+        """Close the connection (flushing what is queued)."""
+        self.flow.flush()
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.close()
+
+    def _wake(self) -> None:
+        w = self._window
+        if w is not None:
+            self._window = None
+            if not w.done():
+                w.set_result(None)
+
+    async def _wait_window(self) -> None:
+        if self.closed:
+            raise UpstreamReset("upstream connection lost")
+        w = self._window
+        if w is None:
+            w = self._window = asyncio.get_running_loop().create_future()
+        await w
+
+    def _on_headers(self, ev: StreamHeaders) -> None:
+        s = self.streams.get(ev.stream_id)
+        if s is None or s.response.done():
+            return
+        try:
+            head = h2_to_h1_response_head(ev.headers, ev.end_stream, s.method)
+        except RemoteProtocolError as exc:
+            self.codec.reset_stream(ev.stream_id)
+            self._fail_stream(ev.stream_id, UpstreamReset(f"invalid response: {exc.detail}"))
+            return
+        if head.status < 200:
+            return  # interim responses are not relayed
+        body: Body | None = None
+        if not ev.end_stream:
+            body = Body()
+            stream = s
+            body.pause = lambda: setattr(stream, "held", True)
+            body.resume = lambda: self._release_acks(stream)
+            s.body = body
+        elif ev.end_stream:
+            self.streams.pop(ev.stream_id, None)
+        resp = Response(
+            head.status,
+            head.headers,
+            body,
+            reason=head.reason,
+            content_length=head.content_length,
+            chunked=body is not None and head.content_length is None,
+        )
+        s.response.set_result(resp)
+
+    def _release_acks(self, s: _UpStream) -> None:
+        s.held = False
+        if s.pending_ack and not self.closed:
+            n, s.pending_ack = s.pending_ack, 0
+            self.codec.acknowledge_received_data(s.id, n)
+            self._send()
+
+    def _fail_stream(self, sid: int, exc: UpstreamReset) -> None:
+        s = self.streams.pop(sid, None)
+        if s is None:
+            return
+        if not s.response.done():
+            s.response.set_exception(exc)
+        elif s.body is not None:
+            s.body.abort(exc)
+
+    def _fail_all(self, exc: UpstreamReset) -> None:
+        for sid in list(self.streams):
+            self._fail_stream(sid, exc)
+
+    # -- exchange -----------------------------------------------------------------------
+    async def exchange(self, request: Request) -> Response:
+        """Send `request` as a new stream; the response once its head arrives."""
+        head = RequestHead(
+            method=request.method,
+            target=request.target,
+            http_version=b"1.1",
+            headers=request.headers,
+        )
+        headers = h1_to_h2_request_headers(head)
+        content_type = request.header(b"content-type")
+        if content_type is not None and content_type.startswith(b"application/grpc"):
+            headers.append((b"te", b"trailers"))  # gRPC servers require it
+        body = request.body
+        sid = self.codec.send_headers(None, headers, end_stream=body is None)
+        stream = _UpStream(sid, request.method)
+        self.streams[sid] = stream
+        self._send()
+        if body is not None:
+            spawn(self._pump(stream, body), name="pymesh.pool2.pump")
+        return await stream.response
+
+    async def _pump(self, stream: _UpStream, body: Body) -> None:
+        sid = stream.id
+        codec = self.codec
+        try:
+            while True:
+                data = await body.read()
+                if not data:
+                    break
+                while data:
+                    if sid not in self.streams and stream.response.done():
+                        return
+                    n = codec.send_data(sid, data)
+                    self._send()
+                    data = data[n:]
+                    if self.flow.paused:
+                        await self.flow.drain()
+                    elif data and n == 0:
+                        await self._wait_window()
+            if body.trailers:
+                codec.send_trailers(sid, [(k.lower(), v) for k, v in body.trailers])
+            else:
+                codec.end_stream(sid)
+            self._send()
+        except Exception as exc:  # the client side failed mid-body
+            _log.debug("h2_request_body_aborted", error=repr(exc))
+            codec.reset_stream(sid)
+            self._send()
+            self._fail_stream(sid, UpstreamReset(f"request body aborted: {exc}"))
+
+
+@final
+class H2Pool:
+    """HTTP/2 connections to one endpoint; a new one when all are at their stream limit."""
+
+    def __init__(
+        self, address: tuple[str, int], connect_timeout: float = 5.0, max_connections: int = 16
+    ) -> None:
+        self.address = address
+        self.connect_timeout = connect_timeout
+        self.max_connections = max_connections
+        self.conns: list[H2UpstreamConnection] = []
+        self.connect_failures = 0
+
+    def forget(self, conn: H2UpstreamConnection) -> None:
+        """The connection closed: drop it."""
+        if conn in self.conns:
+            self.conns.remove(conn)
+
+    async def acquire(self) -> H2UpstreamConnection:
+        """A connection that can take one more stream."""
+        for c in self.conns:
+            if c.usable:
+                return c
+        if len(self.conns) >= self.max_connections:
+            raise Overflow(f"{self.address[0]}:{self.address[1]}: HTTP/2 connections full")
+        conn = H2UpstreamConnection(self)
+        host, port = self.address
+        try:
+            await connect(conn, host, port, self.connect_timeout)
+        except TimeoutError as exc:
+            self.connect_failures += 1
+            raise UpstreamConnectError(f"{host}:{port}: connect timeout") from exc
+        except OSError as exc:
+            self.connect_failures += 1
+            raise UpstreamConnectError(f"{host}:{port}: {exc.strerror or exc}") from exc
+        self.conns.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every connection."""
+        for c in list(self.conns):
+            c.close()
