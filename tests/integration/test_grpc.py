@@ -103,6 +103,10 @@ async def test_grpc_all_four_kinds_errors_and_deadlines_through_the_mesh() -> No
                         response_deserializer=_ident,
                     )
                     assert await via_proxy(b"tunnel", timeout=5) == b"hello tunnel"
+                text = outbound.registry.render().decode()
+                assert 'request_protocol="grpc"' in text
+                assert 'grpc_response_status="0"' in text  # OK
+                assert 'grpc_response_status="9"' in text  # FAILED_PRECONDITION, passed through
                 # a name that is not in the mesh: a gRPC status, not an HTTP page
                 async with grpc.aio.insecure_channel(
                     f"{host}:{oport}", options=[("grpc.default_authority", "nowhere:1")]

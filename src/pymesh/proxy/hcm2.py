@@ -24,7 +24,7 @@ from typing import cast, final
 
 import structlog
 
-from pymesh.errors import ProxyError, RemoteProtocolError
+from pymesh.errors import ProxyError, RemoteProtocolError, UpstreamTimeout
 from pymesh.proxy.filters.request_id import new_request_id
 from pymesh.proxy.flow import WriteFlow
 from pymesh.proxy.hcm import HOP_BY_HOP, ListenerState
@@ -39,12 +39,15 @@ from pymesh.proxy.http2 import (
     StreamTrailers,
     WindowOpened,
     grpc_error_headers,
+    grpc_status_for,
     h2_to_h1_request_head,
     is_grpc,
+    parse_grpc_timeout,
 )
-from pymesh.proxy.messages import Body, Headers, Request, RequestContext, Response
+from pymesh.proxy.messages import Body, Headers, Request, RequestContext, Response, get_header
 
 __all__ = ["H2ServerConnection"]
+
 
 _log = structlog.get_logger("pymesh.hcm2")
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -319,11 +322,27 @@ class H2ServerConnection(asyncio.Protocol):
                 ctx.destination_service = route.host
                 ctx.destination_namespace = route.namespace
                 ctx.destination_workload = route.workload
-                response = await route.handler(request)
+                deadline = (
+                    parse_grpc_timeout(get_header(request.headers, b"grpc-timeout") or b"")
+                    if stream.grpc
+                    else None
+                )
+                if deadline is None:
+                    response = await route.handler(request)
+                else:
+                    # gRPC deadlines are the proxy's too: past `grpc-timeout` without an
+                    # answer, the client gets DEADLINE_EXCEEDED from us (and the upstream
+                    # stream is cancelled).
+                    try:
+                        async with asyncio.timeout(deadline):
+                            response = await route.handler(request)
+                    except TimeoutError:
+                        raise UpstreamTimeout(f"grpc-timeout of {deadline:g}s passed") from None
             except ProxyError as exc:
                 ctx.response_flags = exc.code
                 if stream.grpc:
                     status = 200
+                    ctx.grpc_status = str(grpc_status_for(exc.code))
                     self.codec.send_headers(
                         stream.id,
                         grpc_error_headers(exc.code, exc.detail or exc.code),
@@ -371,6 +390,10 @@ class H2ServerConnection(asyncio.Protocol):
             body = None
         headers = self._h2_headers(response, response.content_length, request.context.request_id)
         codec = self.codec
+        if stream.grpc:
+            trailers_only = get_header(response.headers, b"grpc-status")
+            if trailers_only is not None:
+                request.context.grpc_status = trailers_only.decode("latin-1")
         if body is None:
             codec.send_headers(sid, headers, end_stream=True)
             self._send()
@@ -398,6 +421,10 @@ class H2ServerConnection(asyncio.Protocol):
                 if self.closed or sid not in self.streams:
                     raise ConnectionResetError("stream or connection gone")
         request.context.bytes_sent = sent
+        if stream.grpc:
+            final = get_header(body.trailers, b"grpc-status")
+            if final is not None:
+                request.context.grpc_status = final.decode("latin-1")
         if body.trailers:
             codec.send_trailers(sid, [(k.lower(), v) for k, v in body.trailers])
         else:

@@ -231,6 +231,7 @@ class RequestContext:
         "destination_service",
         "destination_workload",
         "downstream_addr",
+        "grpc_status",
         "listener",
         "request_id",
         "response_flags",
@@ -245,6 +246,7 @@ class RequestContext:
         self.start = start
         self.request_id = ""
         self.response_flags = "-"
+        self.grpc_status = "-"  # the grpc-status a gRPC response ended with
         self.destination_service = "unknown"
         self.destination_namespace = "unknown"
         self.destination_workload = "unknown"

@@ -230,7 +230,14 @@ class H2UpstreamConnection(asyncio.Protocol):
         self._send()
         if body is not None:
             spawn(self._pump(stream, body), name="pymesh.pool2.pump")
-        return await stream.response
+        try:
+            return await stream.response
+        except asyncio.CancelledError:
+            # the client went away or its deadline passed: cancel the upstream stream too
+            if self.streams.pop(sid, None) is not None:
+                self.codec.reset_stream(sid)
+                self._send()
+            raise
 
     async def _pump(self, stream: _UpStream, body: Body) -> None:
         sid = stream.id

@@ -82,14 +82,15 @@ class MetricsObserver:
             ctx.source_principal,
             str(status),
             ctx.response_flags,
+            ctx.grpc_status,
         )
         bound = self._cache.get(key)
         if bound is None:
             labels = (
                 *self._labels(key[0], key[1], key[2], key[3]),
-                "http",
+                "grpc" if key[6] != "-" else "http",
                 key[4],
-                "-",
+                key[6],
                 key[5],
                 "none",
             )
@@ -146,7 +147,7 @@ class AccessLog:
             protocol="HTTP/" + request.http_version.decode("latin-1"),
             response_code=status,
             response_flags=ctx.response_flags,
-            grpc_status="",
+            grpc_status="" if ctx.grpc_status == "-" else ctx.grpc_status,
             bytes_received=ctx.bytes_received,
             bytes_sent=ctx.bytes_sent,
             duration_ms=round(duration_s * 1000.0, 3),
