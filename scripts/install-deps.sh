@@ -4,7 +4,7 @@
 # the tests that need a missing tool skip with a reason.
 set -uo pipefail
 case "${1:-test}" in
-  test)  want="curl:curl openssl:openssl" ;;
+  test)  want="curl:curl openssl:openssl h2load:nghttp2-client" ;;
   bench) want="curl:curl haproxy:haproxy nginx:nginx wrk:wrk h2load:nghttp2-client taskset:util-linux" ;;
   demo)  want="" ;;
   *) echo "usage: $0 test|bench|demo" >&2; exit 2 ;;

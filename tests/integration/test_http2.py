@@ -221,3 +221,31 @@ async def test_drain_sends_goaway_and_lets_the_stream_finish() -> None:
     assert proc.returncode == 0, err
     assert out.startswith(b"HTTP/2 200"), out
     assert out.endswith(b"finished")
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (nghttp2-client) not installed")
+async def test_h2load_through_the_outbound_listener() -> None:
+    async with Backend() as app:
+        mesh = mesh_for({"orders": ([(8080, "http")], [app.address])})
+        async with sidecar(mesh, "orders", app=app.address) as sc:
+            host, port = sc.outbound_address
+            proc = await asyncio.create_subprocess_exec(
+                "h2load",
+                "-n",
+                "2000",
+                "-c",
+                "4",
+                "-m",
+                "10",
+                "-H",
+                ":authority: orders:8080",
+                f"http://{host}:{port}/load",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            async with asyncio.timeout(60):
+                out, err = await proc.communicate()
+    text = out.decode()
+    assert proc.returncode == 0, (text, err)
+    assert "2000 succeeded, 0 failed, 0 errored" in text, text
+    assert "status codes: 2000 2xx" in text, text
