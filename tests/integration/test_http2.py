@@ -249,3 +249,20 @@ async def test_h2load_through_the_outbound_listener() -> None:
     assert proc.returncode == 0, (text, err)
     assert "2000 succeeded, 0 failed, 0 errored" in text, text
     assert "status codes: 2000 2xx" in text, text
+
+
+async def test_idle_h2_connection_gets_goaway_and_is_closed() -> None:
+    async with Backend() as app:
+        mesh = mesh_for({"orders": ([(8080, "http")], [app.address])})
+        async with sidecar(mesh, "orders", app=app.address, idle_timeout=0.3) as sc:
+            r, w = await asyncio.open_connection(*sc.outbound_address)
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            w.write(conn.data_to_send())
+            await w.drain()
+            events: list[h2.events.Event] = []
+            async with asyncio.timeout(5):
+                while data := await r.read(65536):
+                    events += conn.receive_data(data)
+            w.close()
+    assert any(isinstance(ev, h2.events.ConnectionTerminated) for ev in events)

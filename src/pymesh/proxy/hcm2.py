@@ -83,6 +83,8 @@ class H2ServerConnection(asyncio.Protocol):
         self._client_ip = b""
         self._initial = initial
         self._window: asyncio.Future[None] | None = None
+        self._last_active = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     # -- the ListenerState contract (drain, busy) -----------------------------------------
     @property
@@ -109,13 +111,37 @@ class H2ServerConnection(asyncio.Protocol):
             self.peer = f"{peer[0]}:{peer[1]}"
             self._client_ip = str(peer[0]).encode()
         self.state.connections.add(self)
+        loop = asyncio.get_running_loop()
+        self._last_active = loop.time()
+        self._idle_timer = loop.call_later(self.state.settings.idle_timeout, self._check_idle)
         self._send()  # our SETTINGS
         if self._initial:
             data, self._initial = self._initial, b""
             self.data_received(data)
 
+    def _check_idle(self) -> None:
+        """Idle timeout: no stream for `idle_timeout` → GOAWAY and close (re-armed lazily)."""
+        self._idle_timer = None
+        if self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        timeout = self.state.settings.idle_timeout
+        now = loop.time()
+        due = self._last_active + timeout
+        if self.streams or now < due:
+            # busy, or active since: look again later (no timer work per request)
+            self._idle_timer = loop.call_at(
+                now + timeout if self.streams else due, self._check_idle
+            )
+            return
+        self.codec.close()
+        self._send()
+        self._close()
+
     def data_received(self, data: bytes) -> None:
-        events = self.codec.receive_data(data, asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        self._last_active = now
+        events = self.codec.receive_data(data, now)
         for ev in events:
             if isinstance(ev, StreamData):
                 self._on_data(ev)
@@ -151,6 +177,9 @@ class H2ServerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.state.connections.discard(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         for s in list(self.streams.values()):
             if s.body is not None:
                 s.body.abort(ConnectionResetError("client connection lost"))
