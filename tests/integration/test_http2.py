@@ -266,3 +266,33 @@ async def test_idle_h2_connection_gets_goaway_and_is_closed() -> None:
                     events += conn.receive_data(data)
             w.close()
     assert any(isinstance(ev, h2.events.ConnectionTerminated) for ev in events)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_curl_upgrade_h2c() -> None:
+    """curl --http2 on plaintext: HTTP/1.1 `Upgrade: h2c`, 101, then HTTP/2 on stream 1."""
+    async with Backend() as app:
+        mesh = mesh_for({"orders": ([(8080, "http")], [app.address])})
+        async with sidecar(mesh, "orders", app=app.address) as sc:
+            host, port = sc.outbound_address
+            proc = await asyncio.create_subprocess_exec(
+                "curl",
+                "-sS",
+                "-i",
+                "--max-time",
+                "5",
+                "--http2",
+                "--connect-to",
+                f"orders:8080:{host}:{port}",
+                "http://orders:8080/up",
+                "http://orders:8080/again",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.startswith(b"HTTP/1.1 101"), out
+    assert b"HTTP/2 200" in out, out
+    assert b"GET /up len=0" in out
+    assert out.endswith(b"GET /again len=0")  # the second request rode the same h2 connection
+    assert app.requests[0].header(b"http2-settings") is None

@@ -393,6 +393,14 @@ class H1Connection(asyncio.Protocol):
         websocket = (
             head.upgrade is not None and head.upgrade.lower() == b"websocket" and method == b"GET"
         )
+        if (
+            head.upgrade is not None
+            and head.upgrade.lower() == b"h2c"
+            and not (head.chunked or head.content_length)
+            and method != b"CONNECT"
+            and self._upgrade_h2c(head)
+        ):
+            return
         if websocket:
             # RFC 6455 §4.1: the one Upgrade we pass on; the 101 turns the exchange into a
             # byte relay (`_switch`). Other upgrades (h2c...) are dropped as hop-by-hop.
@@ -609,6 +617,35 @@ class H1Connection(asyncio.Protocol):
             ctx.bytes_received = request.body.received
         for obs in settings.observers:
             obs.on_request(request, status, duration)
+
+    def _upgrade_h2c(self, head: RequestHead) -> bool:
+        """`Upgrade: h2c` (RFC 7540 §3.2): answer 101 and continue as HTTP/2, the request
+        itself becoming stream 1. False (serve it as HTTP/1.1) if it cannot be honoured."""
+        from pymesh.proxy.hcm2 import H2ServerConnection  # hcm2 builds on this module
+
+        value = next((v for k, v in head.headers if k.lower() == b"http2-settings"), None)
+        t = self.transport
+        if value is None or t is None:
+            return False
+        try:
+            proto = H2ServerConnection(self.state, upgrade_settings=value)
+        except RemoteProtocolError:
+            return False
+        self.flow.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+        )
+        self.flow.flush()
+        leftover = self.parser.upgraded() if self.parser.paused else b""
+        self._stop_timer()
+        self.state.connections.discard(self)
+        self.busy = False
+        self._request_complete = True
+        t.set_protocol(proto)
+        proto.connection_made(t)
+        proto.start_upgraded(head)
+        if leftover:
+            proto.data_received(leftover)
+        return True
 
     def _send_continue(self) -> None:
         t = self.transport

@@ -25,6 +25,7 @@ from typing import cast, final
 import structlog
 
 from pymesh.errors import ProxyError, RemoteProtocolError, UpstreamTimeout
+from pymesh.proxy.events import RequestHead
 from pymesh.proxy.filters.request_id import new_request_id
 from pymesh.proxy.flow import WriteFlow
 from pymesh.proxy.hcm import HOP_BY_HOP, ListenerState
@@ -72,9 +73,13 @@ class _Stream:
 class H2ServerConnection(asyncio.Protocol):
     """One downstream HTTP/2 connection."""
 
-    def __init__(self, state: ListenerState, initial: bytes = b"") -> None:
+    def __init__(
+        self, state: ListenerState, initial: bytes = b"", upgrade_settings: bytes | None = None
+    ) -> None:
+        """`upgrade_settings`: the HTTP2-Settings value of an HTTP/1.1 `Upgrade: h2c` request
+        (then call `start_upgraded()` with that request); RemoteProtocolError if invalid."""
         self.state = state
-        self.codec = H2Connection("server")
+        self.codec = H2Connection("server", upgrade_settings=upgrade_settings)
         self.flow = WriteFlow()
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
@@ -222,6 +227,12 @@ class H2ServerConnection(asyncio.Protocol):
         await w
 
     # -- streams --------------------------------------------------------------------------
+    def start_upgraded(self, head: RequestHead) -> None:
+        """Serve the HTTP/1.1 request that asked for `Upgrade: h2c` as stream 1 (RFC 9113
+        §3.2 of RFC 7540: the client has half-closed it; a body was not allowed)."""
+        self._start_stream(1, head, False, has_body=False)
+        self._send()
+
     def _on_headers(self, ev: StreamHeaders) -> None:
         sid = ev.stream_id
         if sid in self.streams:
@@ -232,6 +243,9 @@ class H2ServerConnection(asyncio.Protocol):
         except RemoteProtocolError as exc:
             self._local_reply(sid, exc, grpc)
             return
+        self._start_stream(sid, head, grpc, has_body=not ev.end_stream)
+
+    def _start_stream(self, sid: int, head: RequestHead, grpc: bool, has_body: bool) -> None:
         ctx = RequestContext(
             listener=self.state.name, downstream_addr=self.peer, start=time.monotonic()
         )
@@ -241,7 +255,7 @@ class H2ServerConnection(asyncio.Protocol):
         xff: bytes | None = None
         for k, v in head.headers:
             lk = k.lower()
-            if lk in HOP_BY_HOP:
+            if lk in HOP_BY_HOP or lk == b"http2-settings":
                 continue
             if lk == b"host":
                 authority = v
@@ -259,7 +273,7 @@ class H2ServerConnection(asyncio.Protocol):
             headers.append((b"x-request-id", rid))
         ctx.request_id = rid.decode("latin-1")
         body: Body | None = None
-        if not ev.end_stream:
+        if has_body:
             body = Body()
         request = Request(
             head.method,
