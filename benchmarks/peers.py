@@ -35,6 +35,7 @@ __all__ = [
     "pymesh_argv",
     "pymesh_config",
     "wait_http",
+    "wait_port",
 ]
 
 BODY = "x" * 99 + "\n"
@@ -80,10 +81,17 @@ http {{
 """
 
 
-def haproxy_config(*, mode: str, port: int, backend_port: int) -> str:
-    """haproxy (one thread) on 127.0.0.1:port → 127.0.0.1:backend_port, `mode tcp|http`."""
+def haproxy_config(*, mode: str, port: int, backend_port: int, h2c: bool = False) -> str:
+    """haproxy (one thread) on 127.0.0.1:port → 127.0.0.1:backend_port, `mode tcp|http`.
+
+    `h2c`: the frontend speaks prior-knowledge HTTP/2 in clear text (`bind ... proto h2`,
+    `mode http` only); the backend stays HTTP/1.1.
+    """
     if mode not in ("tcp", "http"):
         raise ValueError(f"mode must be 'tcp' or 'http', not {mode!r}")
+    if h2c and mode != "http":
+        raise ValueError("h2c needs mode 'http'")
+    proto = " proto h2" if h2c else ""
     http_options = "    option http-keep-alive\n    http-reuse always\n" if mode == "http" else ""
     return f"""\
 global
@@ -98,7 +106,7 @@ defaults
     timeout server 300s
 {http_options}
 frontend bench_in
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port}{proto}
     default_backend bench_nginx
 
 backend bench_nginx
@@ -351,6 +359,30 @@ def wait_http(
             tail = proc.tail()
             raise StartError(
                 f"{proc.name}: GET :{port}{path} not {want} after {timeout:.0f}s ({last})"
+                + (f"; log tail:\n{tail}" if tail else "")
+            )
+        time.sleep(0.05)
+
+
+def wait_port(proc: Proc, port: int, *, timeout: float = 10.0) -> None:
+    """Poll until 127.0.0.1:port accepts a TCP connection; bounded by `timeout`.
+
+    For listeners that do not speak HTTP/1.1 (h2c); raises StartError when the process
+    exits or the deadline passes.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if not proc.alive():
+            raise StartError(proc.describe_exit())
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return
+        except OSError as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() > deadline:
+            tail = proc.tail()
+            raise StartError(
+                f"{proc.name}: 127.0.0.1:{port} not accepting after {timeout:.0f}s ({last})"
                 + (f"; log tail:\n{tail}" if tail else "")
             )
         time.sleep(0.05)

@@ -11,6 +11,9 @@ a saturation run (`wrk -t1 -c50 --latency`: req/s, p50, p99, proxy CPU per reque
 fixed-rate run (wrk held at 1,000 req/s by a Lua script: proxy CPU µs per request, the
 regression figure). Rows are interleaved run by run, so drift hits every row alike; each
 figure is the median of the runs. A row is a small declaration in ROWS.
+
+HTTP/2 rows drive h2c with h2load instead (`-c10 -m10`: 10 streams per connection; fixed rate
+with `--rps`); their percentiles come from h2load's per-request log.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +40,12 @@ from types import FrameType
 from typing import Any, Protocol
 
 from benchmarks import machine, peers, report
+from benchmarks.h2loadparse import (
+    H2loadParseError,
+    H2loadResult,
+    parse_h2load,
+    percentiles_from_log,
+)
 from benchmarks.wrkparse import WrkParseError, WrkResult, fixed_rate_lua, parse_wrk
 
 __all__ = ["ROWS", "Row", "Settings", "main"]
@@ -72,6 +81,8 @@ class Settings:
     settle_s: float = 5.0  # at most this long, wait for quiet cores before each measurement
     max_interference: float = 0.2  # repeat a measurement where others took more of a core
     retries: int = 2  # at most this many repeats per measurement
+    h2_connections: int = 10  # h2load -c at saturation (HTTP/2 rows)
+    h2_streams: int = 10  # h2load -m: concurrent streams per connection
 
 
 @dataclass(slots=True)
@@ -87,7 +98,7 @@ class Env:
 
 @dataclass(slots=True)
 class Target:
-    """What wrk drives for one row: a port on 127.0.0.1 and the proxy process, if any."""
+    """What the load generator drives for one row: a port on 127.0.0.1, the proxy process."""
 
     port: int
     proc: peers.Proc | None
@@ -125,9 +136,14 @@ class Direct:
 
 @dataclass(frozen=True, slots=True)
 class Haproxy:
-    """haproxy, one thread, `mode tcp` (L4) or `mode http` (L7), in front of nginx."""
+    """haproxy, one thread, `mode tcp` (L4) or `mode http` (L7), in front of nginx.
+
+    `h2c`: the frontend takes prior-knowledge HTTP/2 (`bind ... proto h2`), nginx still
+    gets HTTP/1.1.
+    """
 
     mode: str
+    h2c: bool = False
 
     def tools(self) -> tuple[str, ...]:
         return ("haproxy",)
@@ -139,22 +155,32 @@ class Haproxy:
         port = peers.free_port()
         cfg = env.tmp / f"{name}.cfg"
         cfg.write_text(
-            peers.haproxy_config(mode=self.mode, port=port, backend_port=env.backend_port)
+            peers.haproxy_config(
+                mode=self.mode, port=port, backend_port=env.backend_port, h2c=self.h2c
+            )
         )
         proc = env.procs.start(
             name, [_tool("haproxy"), "-db", "-f", str(cfg)], core=env.settings.proxy_core
         )
-        peers.wait_http(proc, port, "/", timeout=10.0)
+        if self.h2c:  # no HTTP/1.1 on this port; check_target sends an h2 request
+            peers.wait_port(proc, port, timeout=10.0)
+        else:
+            peers.wait_http(proc, port, "/", timeout=10.0)
         return Target(port, proc)
 
 
 @dataclass(frozen=True, slots=True)
 class Pymesh:
-    """The pymesh sidecar (`python -m pymesh proxy`): inbound listener → --app nginx."""
+    """The pymesh sidecar (`python -m pymesh proxy`): inbound listener → --app nginx.
+
+    `listener="outbound"` drives the outbound listener instead, which routes to the Service
+    `backend` (whose endpoint is nginx) by Host / `:authority` and detects h2c.
+    """
 
     protocol: str  # the Service port's protocol: "tcp" (L4 relay) or "http" (L7)
     codec: str | None = None  # --http1-codec
     loop: str | None = None  # --loop
+    listener: str = "inbound"  # "inbound" or "outbound"
 
     def tools(self) -> tuple[str, ...]:
         return ()
@@ -184,15 +210,16 @@ class Pymesh:
         path = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p)
         proc = env.procs.start(name, argv, core=env.settings.proxy_core, env={"PYTHONPATH": path})
         peers.wait_http(proc, admin, "/ready", timeout=30.0)
-        return Target(inbound, proc)
+        return Target(outbound if self.listener == "outbound" else inbound, proc)
 
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One line of the table: what wrk drives, and which haproxy row it is compared with.
+    """One line of the table: what is driven, by which load generator, compared with what.
 
     `group` pairs a row with the `baseline` row of the same group (ratios); `headers` are
-    extra wrk request headers; rows with `default=False` run only when named in --rows.
+    extra request headers; `load` is "wrk" (HTTP/1.1) or "h2load" (h2c, prior knowledge);
+    rows with `default=False` run only when named in --rows.
     """
 
     name: str
@@ -202,9 +229,11 @@ class Row:
     baseline: bool = False
     headers: tuple[str, ...] = ()
     default: bool = True
+    load: str = "wrk"
 
 
 _CLOSE = ("Connection: close",)
+_BACKEND_AUTHORITY = (":authority: backend:8080",)  # the bench config's Service and port
 
 ROWS: tuple[Row, ...] = (
     Row("direct", "direct (wrk → nginx)", "direct", Direct()),
@@ -214,6 +243,23 @@ ROWS: tuple[Row, ...] = (
     Row("pymesh-l4-asyncio", "pymesh L4 (asyncio loop)", "l4", Pymesh("tcp", loop="asyncio")),
     Row("pymesh-l7-httptools", "pymesh L7 httptools", "l7", Pymesh("http", codec="httptools")),
     Row("pymesh-l7-h11", "pymesh L7 h11", "l7", Pymesh("http", codec="h11")),
+    # HTTP/2 (h2c, prior knowledge) in, HTTP/1.1 to nginx; h2load, 10 streams per connection
+    Row(
+        "haproxy-h2",
+        "haproxy L7 HTTP/2 (h2c in, h2load)",
+        "h2",
+        Haproxy("http", h2c=True),
+        baseline=True,
+        load="h2load",
+    ),
+    Row(
+        "pymesh-h2",
+        "pymesh L7 HTTP/2 (h2c outbound, h2load)",
+        "h2",
+        Pymesh("http", codec="httptools", listener="outbound"),
+        headers=_BACKEND_AUTHORITY,
+        load="h2load",
+    ),
     # a new connection per request (wrk sends Connection: close); not in the default set
     Row(
         "haproxy-l4-close",
@@ -283,6 +329,7 @@ def _tool(name: str) -> str:
 def missing_tools(rows: Sequence[Row]) -> list[str]:
     """Programs the selected rows need that are not installed."""
     needed = ["taskset", "wrk", "nginx", *(t for row in rows for t in row.peer.tools())]
+    needed += [row.load for row in rows]
     out: list[str] = []
     for name in dict.fromkeys(needed):
         try:
@@ -311,9 +358,10 @@ def _pymesh_version() -> str:
 
 
 def tool_versions() -> dict[str, str]:
-    """First line of `haproxy -v`, `nginx -v`, `wrk -v`; pymesh's version in this tree."""
+    """First line of `haproxy -v`, `nginx -v`, `wrk -v`, `h2load --version`; pymesh's
+    version in this tree."""
     out: dict[str, str] = {"pymesh": _pymesh_version()}
-    for name, flag in (("haproxy", "-v"), ("nginx", "-v"), ("wrk", "-v")):
+    for name, flag in (("haproxy", "-v"), ("nginx", "-v"), ("wrk", "-v"), ("h2load", "--version")):
         try:
             out[name] = _version([_tool(name), flag])
         except BenchError:
@@ -397,7 +445,93 @@ def run_wrk(
         raise BenchError(f"{exc}; wrk said: {(done.stdout + done.stderr).strip()[-400:]}") from exc
 
 
-def _measurement(result: WrkResult, cpu_s: float | None) -> dict[str, Any]:
+def h2load_argv(
+    port: int,
+    *,
+    settings: Settings,
+    duration_s: float | None,
+    connections: int,
+    headers: Sequence[str] = (),
+    rate: float | None = None,
+    log: Path | None = None,
+    requests: int = 1,
+) -> list[str]:
+    """h2load on the load core against http://127.0.0.1:port/ (h2c, prior knowledge).
+
+    `duration_s`: a timed run (`-D`, whole milliseconds), else `requests` requests (`-n`);
+    `rate`: total requests per second, spread over the connections (`--rps` per client);
+    `log`: h2load's per-request log (the source of the percentiles).
+    """
+    argv = [
+        "taskset",
+        "-c",
+        str(settings.load_core),
+        _tool("h2load"),
+        f"-t{settings.threads}",
+        f"-c{connections}",
+        f"-m{settings.h2_streams}",
+    ]
+    if duration_s is not None:
+        argv.append(f"-D{max(1, round(duration_s * 1000))}ms")
+    else:
+        argv.append(f"-n{requests}")
+    if rate is not None:
+        argv.append(f"--rps={rate / connections:g}")
+    for header in headers:
+        argv += ["-H", header]
+    if log is not None:
+        argv.append(f"--log-file={log}")
+    argv.append(f"http://127.0.0.1:{port}/")
+    return argv
+
+
+def run_h2load(
+    port: int,
+    *,
+    settings: Settings,
+    duration_s: float | None,
+    connections: int,
+    headers: Sequence[str] = (),
+    rate: float | None = None,
+    log: Path | None = None,
+    requests: int = 1,
+) -> H2loadResult:
+    """One h2load run (bounded: duration + 30 s); percentiles from `log` when given."""
+    argv = h2load_argv(
+        port,
+        settings=settings,
+        duration_s=duration_s,
+        connections=connections,
+        headers=headers,
+        rate=rate,
+        log=log,
+        requests=requests,
+    )
+    limit = (duration_s or 0.0) + 30
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=limit, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"h2load did not finish within {limit:.0f}s") from exc
+    said = (done.stdout + done.stderr).strip()[-400:]
+    if done.returncode != 0:
+        raise BenchError(f"h2load exited {done.returncode}: {said}")
+    try:
+        pct: dict[str, float] | None = None
+        if log is not None:
+            with log.open() as lines:
+                pct = percentiles_from_log(lines)
+        return parse_h2load(done.stdout, pct)
+    except (H2loadParseError, OSError) as exc:
+        raise BenchError(f"{exc}; h2load said: {said}") from exc
+    finally:
+        if log is not None:
+            log.unlink(missing_ok=True)
+
+
+LoadResult = WrkResult | H2loadResult
+
+
+def _measurement(result: LoadResult, cpu_s: float | None) -> dict[str, Any]:
     m = asdict(result)
     m["errors"] = result.errors
     m["proxy_cpu_s"] = cpu_s
@@ -421,12 +555,9 @@ def measure_once(
     *,
     settings: Settings,
     backend: peers.Proc,
-    duration_s: float,
-    connections: int,
-    headers: Sequence[str],
-    script: Path | None = None,
+    drive: Callable[[], LoadResult],
 ) -> dict[str, Any]:
-    """One wrk run with the proxy's CPU time read before and after.
+    """One load-generator run (`drive`) with the proxy's CPU time read before and after.
 
     First waits (bounded by settings.settle_s) for both cores to be quiet; records in
     "interference" how much CPU other programs took from each core during the run (in
@@ -444,14 +575,7 @@ def measure_once(
     wall0 = time.monotonic()
     before = peers.process_cpu_seconds(proc.pid) if proc is not None else None
     try:
-        result = run_wrk(
-            target.port,
-            settings=settings,
-            duration_s=duration_s,
-            connections=connections,
-            headers=headers,
-            script=script,
-        )
+        result = drive()
     finally:
         if proc is not None and not proc.alive():
             raise BenchError("proxy crashed under load: " + proc.describe_exit())
@@ -482,9 +606,33 @@ def measure_once(
     return m
 
 
-def check_target(target: Target) -> None:
-    """One GET through the target must return nginx's 200 and 100-byte body."""
+def _check_h2(target: Target, row: Row, settings: Settings) -> str | None:
+    try:
+        r = run_h2load(
+            target.port, settings=settings, duration_s=None, connections=1, headers=row.headers
+        )
+    except BenchError as exc:
+        return f"h2 GET / through the proxy failed: {exc}"
+    if r.succeeded != 1 or r.status_2xx != 1 or r.data_bytes != len(peers.BODY):
+        return (
+            f"h2 GET / through the proxy: {r.succeeded} succeeded, {r.status_2xx} 2xx, "
+            f"{r.status_4xx} 4xx, {r.status_5xx} 5xx, {r.errored} errored, "
+            f"{r.data_bytes} body bytes (want 1 2xx and {len(peers.BODY)} bytes)"
+        )
+    return None
+
+
+def check_target(target: Target, row: Row | None = None, settings: Settings | None = None) -> None:
+    """One GET through the target must return nginx's 200 and 100-byte body (over h2c
+    with h2load for an h2load row)."""
     problem: str | None = None
+    if row is not None and row.load == "h2load":
+        problem = _check_h2(target, row, settings or Settings())
+        if problem is not None:
+            time.sleep(0.2)
+            tail = target.proc.tail() if target.proc is not None else ""
+            raise BenchError(problem + (f"; proxy log tail:\n{tail}" if tail else ""))
+        return
     try:
         reply = peers.http_get(target.port, "/", timeout=5.0)
     except (OSError, http.client.HTTPException) as exc:
@@ -516,6 +664,7 @@ def _row_doc(row: Row) -> dict[str, Any]:
         "baseline": row.baseline,
         "peer": _peer_doc(row.peer),
         "headers": list(row.headers),
+        "load": row.load,
         "status": "ok",
         "note": "",
         "runs": [],
@@ -592,7 +741,7 @@ def run_benchmark(rows: Sequence[Row], settings: Settings) -> dict[str, Any]:
                 continue
             try:
                 target = row.peer.start(env, row.name)
-                check_target(target)
+                check_target(target, row, settings)
             except (peers.StartError, BenchError, OSError) as exc:
                 doc["status"], doc["note"] = "failed", f"did not start: {exc}"
                 _say(f"FAIL  {row.name}: {doc['note']}")
@@ -601,6 +750,34 @@ def run_benchmark(rows: Sequence[Row], settings: Settings) -> dict[str, Any]:
             started[row.name] = target
             pid = f" pid {target.proc.pid}" if target.proc else ""
             _say(f"ready {row.name}: 127.0.0.1:{target.port}{pid}")
+
+        def drive(row: Row, target: Target, *, fixed: bool, warmup: bool = False) -> LoadResult:
+            # one run of the row's load generator: saturation, fixed rate or warm-up
+            duration = (
+                settings.warmup_s
+                if warmup
+                else settings.rate_duration_s
+                if fixed
+                else settings.duration_s
+            )
+            if row.load == "h2load":
+                return run_h2load(
+                    target.port,
+                    settings=settings,
+                    duration_s=duration,
+                    connections=settings.rate_connections if fixed else settings.h2_connections,
+                    headers=row.headers,
+                    rate=settings.rate if fixed else None,
+                    log=None if warmup else tmp / f"h2load-{row.name}.log",
+                )
+            return run_wrk(
+                target.port,
+                settings=settings,
+                duration_s=duration,
+                connections=settings.rate_connections if fixed else settings.connections,
+                headers=row.headers,
+                script=script if fixed else None,
+            )
 
         def measure_clean(
             row: Row, target: Target, label: str, kind: str, discarded: list[dict[str, Any]]
@@ -618,10 +795,7 @@ def run_benchmark(rows: Sequence[Row], settings: Settings) -> dict[str, Any]:
                     target,
                     settings=settings,
                     backend=nginx,
-                    duration_s=settings.rate_duration_s if fixed else settings.duration_s,
-                    connections=settings.rate_connections if fixed else settings.connections,
-                    headers=row.headers,
-                    script=script if fixed else None,
+                    drive=lambda: drive(row, target, fixed=fixed),
                 )
                 noise = report.interference_of(m, proxy=target.proc is not None)
                 if best is not None and noise >= report.interference_of(
@@ -664,13 +838,7 @@ def run_benchmark(rows: Sequence[Row], settings: Settings) -> dict[str, Any]:
             for row in rows:
                 if (warm := started.get(row.name)) is not None:
                     try:
-                        run_wrk(
-                            warm.port,
-                            settings=settings,
-                            duration_s=settings.warmup_s,
-                            connections=settings.connections,
-                            headers=row.headers,
-                        )
+                        drive(row, warm, fixed=False, warmup=True)
                     except BenchError as exc:
                         _say(f"warm-up of {row.name} failed: {exc}")
         for i in range(settings.runs):
@@ -770,6 +938,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=1000.0, help="fixed rate, req/s (1000)")
     p.add_argument("--connections", type=int, default=50, help="wrk -c at saturation (50)")
     p.add_argument("--rate-connections", type=int, default=10, help="wrk -c at fixed rate (10)")
+    p.add_argument("--h2-connections", type=int, default=10, help="h2load -c at saturation (10)")
+    p.add_argument(
+        "--h2-streams", type=int, default=10, help="h2load -m, streams per connection (10)"
+    )
     p.add_argument("--warmup", type=float, metavar="S", help="warm-up seconds per row (2)")
     p.add_argument("--quick", action="store_true", help="3 s runs, 1 s warm-up")
     p.add_argument("--load-core", type=int, default=0, help="core of wrk and nginx (0)")
@@ -826,6 +998,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         rate_duration_s=rate_duration,
         connections=args.connections,
         rate_connections=args.rate_connections,
+        h2_connections=args.h2_connections,
+        h2_streams=args.h2_streams,
         warmup_s=warmup,
         load_core=args.load_core,
         proxy_core=args.proxy_core,

@@ -19,6 +19,11 @@ if str(ROOT) not in sys.path:  # `benchmarks` is a top-level package of the repo
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import machine, peers, report, run  # noqa: E402
+from benchmarks.h2loadparse import (  # noqa: E402
+    H2loadParseError,
+    parse_h2load,
+    percentiles_from_log,
+)
 from benchmarks.wrkparse import (  # noqa: E402
     WrkParseError,
     fixed_rate_lua,
@@ -407,9 +412,12 @@ def test_default_rows() -> None:
         "pymesh-l4-asyncio",
         "pymesh-l7-httptools",
         "pymesh-l7-h11",
+        "haproxy-h2",
+        "pymesh-h2",
     ]
     assert notes == []
-    assert {r.group for r in rows if r.baseline} == {"l4", "l7"}
+    assert {r.group for r in rows if r.baseline} == {"l4", "l7", "h2"}
+    assert {r.name for r in rows if r.load == "h2load"} == {"haproxy-h2", "pymesh-h2"}
 
 
 def test_selecting_a_row_adds_its_baseline() -> None:
@@ -615,3 +623,217 @@ def test_interference_of_counts_the_proxy_core_only_with_a_proxy() -> None:
     direct = _row("direct", "direct", [_run(1e3, 100, None, None)])
     direct["runs"][0]["saturation"]["interference"] = {"proxy_core_foreign": 0.9}
     assert report.interference_notes([direct]) == []
+
+
+# --------------------------------------------------------------------------- h2load (HTTP/2)
+
+# captured from h2load (nghttp2 1.52.0) runs of this harness's peers: haproxy `proto h2` and
+# the pymesh outbound listener (-H ':authority: backend:8080'), both in front of nginx
+H2LOAD_HAPROXY = """\
+starting benchmark...
+spawning thread #0: 10 total client(s). Timing-based test with 0s of warm-up time and 3s of \
+main duration for measurements.
+Warm-up started for thread #0.
+progress: 10% of clients started
+progress: 100% of clients started
+Warm-up phase is over for thread #0.
+Main benchmark duration is started for thread #0.
+Application protocol: h2c
+Main benchmark duration is over for thread #0. Stopping all clients.
+Stopped all clients for thread #0
+
+finished in 3.00s, 110059.33 req/s, 18.26MB/s
+requests: 330178 total, 330278 started, 330178 done, 330178 succeeded, 0 failed, 0 errored, \
+0 timeout
+status codes: 330178 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 54.79MB (57451272) total, 17.63MB (18489968) headers (space savings 39.78%), 31.49MB \
+(33017800) data
+                     min         max         mean         sd        +/- sd
+time for request:      229us      9.70ms       862us       627us    96.18%
+time for connect:       51us       306us       164us       111us    60.00%
+time to 1st byte:     3.29ms      3.49ms      3.38ms        64us    70.00%
+req/s           :   10943.94    11054.10    11003.72       32.92    70.00%
+""".replace("\\\n", "")
+
+H2LOAD_PYMESH = """\
+finished in 3.00s, 6373.33 req/s, 1001.31KB/s
+requests: 19120 total, 19220 started, 19120 done, 19120 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 19120 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 2.93MB (3076031) total, 632.02KB (647191) headers (space savings 75.99%), 1.82MB \
+(1912000) data
+                     min         max         mean         sd        +/- sd
+time for request:    10.33ms     42.61ms     15.60ms      1.72ms    92.11%
+time for connect:       44us       119us        84us        24us    60.00%
+time to 1st byte:    10.55ms     42.73ms     23.06ms     10.63ms    70.00%
+req/s           :     633.17      641.14      637.15        2.67    70.00%
+""".replace("\\\n", "")
+
+# one request to the outbound listener with an :authority no Service has (404)
+H2LOAD_404 = """\
+finished in 1.26ms, 790.51 req/s, 169.06KB/s
+requests: 1 total, 1 started, 1 done, 0 succeeded, 1 failed, 0 errored, 0 timeout
+status codes: 0 2xx, 0 3xx, 1 4xx, 0 5xx
+traffic: 219B (219) total, 83B (83) headers (space savings 37.59%), 49B (49) data
+                     min         max         mean         sd        +/- sd
+time for request:     1.00ms      1.00ms      1.00ms         0us   100.00%
+"""
+
+# nothing listening (h2load still exits 0)
+H2LOAD_REFUSED = """\
+starting benchmark...
+spawning thread #0: 1 total client(s). 1 total requests
+
+finished in 172us, 0.00 req/s, 0B/s
+requests: 1 total, 0 started, 0 done, 0 succeeded, 1 failed, 1 errored, 0 timeout
+status codes: 0 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 0B (0) total, 0B (0) headers (space savings 0.00%), 0B (0) data
+                     min         max         mean         sd        +/- sd
+time for request:        0us         0us         0us         0us     0.00%
+time for connect:        0us         0us         0us         0us     0.00%
+"""
+
+# the first lines of a --log-file of the haproxy run (start µs, status, µs to end of response)
+H2LOAD_LOG = """\
+1795644614725168\t200\t985
+1795644614725216\t200\t1267
+1795644614725216\t200\t1270
+"""
+
+
+def test_parse_h2load_haproxy() -> None:
+    r = parse_h2load(H2LOAD_HAPROXY, {"50": 700.0, "99": 1650.0})
+    assert r.requests == 330178
+    assert r.requests_total == 330178
+    assert r.duration_s == pytest.approx(3.0)
+    assert r.rps == pytest.approx(110059.33)
+    assert r.latency_min_us == pytest.approx(229.0)
+    assert r.latency_max_us == pytest.approx(9700.0)
+    assert r.latency_avg_us == pytest.approx(862.0)
+    assert r.latency_sd_us == pytest.approx(627.0)
+    assert (r.status_2xx, r.status_4xx, r.status_5xx) == (330178, 0, 0)
+    assert r.data_bytes == 33017800
+    assert r.errors == 0
+    assert (r.p50_us, r.p99_us) == (700.0, 1650.0)
+
+
+def test_parse_h2load_milliseconds() -> None:
+    r = parse_h2load(H2LOAD_PYMESH)
+    assert r.requests == 19120
+    assert r.rps == pytest.approx(6373.33)
+    assert r.latency_min_us == pytest.approx(10330.0)
+    assert r.latency_avg_us == pytest.approx(15600.0)
+    assert r.latency_sd_us == pytest.approx(1720.0)
+    assert r.data_bytes == 1912000
+    assert r.percentiles_us == {}
+
+
+def test_parse_h2load_counts_failures() -> None:
+    not_found = parse_h2load(H2LOAD_404)
+    assert (not_found.succeeded, not_found.failed, not_found.status_4xx) == (0, 1, 1)
+    assert not_found.errors == 1
+    assert not_found.duration_s == pytest.approx(0.00126)
+    refused = parse_h2load(H2LOAD_REFUSED)
+    assert (refused.requests, refused.errored, refused.data_bytes) == (0, 1, 0)
+    assert refused.errors == 1
+    assert refused.duration_s == pytest.approx(172e-6)
+
+
+def test_parse_h2load_of_a_failed_run_names_what_is_missing() -> None:
+    with pytest.raises(H2loadParseError, match="finished in"):
+        parse_h2load("h2load: unrecognized option '--nope'\n")
+
+
+def test_percentiles_from_log() -> None:
+    assert percentiles_from_log(H2LOAD_LOG.splitlines()) == {
+        "50": 1267.0,
+        "75": 1270.0,
+        "90": 1270.0,
+        "99": 1270.0,
+    }
+    # nearest rank over 1..100 µs; failed streams (-1) are left out
+    lines = [f"1\t200\t{us}" for us in range(100, 0, -1)] + ["2\t-1\t999999", ""]
+    assert percentiles_from_log(lines, (50, 99, 100)) == {"50": 50.0, "99": 99.0, "100": 100.0}
+
+
+def test_percentiles_from_log_rejects_empty_and_malformed_logs() -> None:
+    with pytest.raises(H2loadParseError, match="no completed request"):
+        percentiles_from_log(["1\t-1\t5", ""])
+    with pytest.raises(H2loadParseError, match="line 2"):
+        percentiles_from_log(["1\t200\t5", "garbage"])
+
+
+def test_h2load_argv() -> None:
+    settings = run.Settings()
+    argv = run.h2load_argv(
+        18084,
+        settings=settings,
+        duration_s=10.0,
+        connections=10,
+        headers=(":authority: backend:8080",),
+        log=Path("/tmp/x.log"),
+    )
+    assert argv[:3] == ["taskset", "-c", "0"]
+    assert argv[3].endswith("h2load")
+    assert argv[4:] == [
+        "-t1",
+        "-c10",
+        "-m10",
+        "-D10000ms",
+        "-H",
+        ":authority: backend:8080",
+        "--log-file=/tmp/x.log",
+        "http://127.0.0.1:18084/",
+    ]
+    fixed = run.h2load_argv(1, settings=settings, duration_s=2.5, connections=10, rate=1000.0)
+    assert "-D2500ms" in fixed
+    assert "--rps=100" in fixed
+    check = run.h2load_argv(1, settings=settings, duration_s=None, connections=1)
+    assert "-n1" in check
+    assert not any(a.startswith("-D") for a in check)
+
+
+def test_haproxy_config_h2c() -> None:
+    cfg = peers.haproxy_config(mode="http", port=18082, backend_port=18081, h2c=True)
+    assert "bind 127.0.0.1:18082 proto h2\n" in cfg
+    assert "mode http" in cfg
+    assert "server nginx 127.0.0.1:18081\n" in cfg  # HTTP/1.1 to nginx
+    assert "proto h2" not in peers.haproxy_config(mode="http", port=1, backend_port=2)
+    with pytest.raises(ValueError, match="h2c"):
+        peers.haproxy_config(mode="tcp", port=1, backend_port=2, h2c=True)
+
+
+def test_h2_rows() -> None:
+    rows, notes = run.select_rows("pymesh-h2")
+    assert [r.name for r in rows] == ["haproxy-h2", "pymesh-h2"]
+    assert notes == ["added baseline row haproxy-h2 (for pymesh-h2's ratios)"]
+    haproxy, pymesh = rows
+    assert haproxy.peer == run.Haproxy("http", h2c=True)
+    assert pymesh.peer == run.Pymesh("http", codec="httptools", listener="outbound")
+    assert pymesh.headers == (":authority: backend:8080",)
+    assert "h2load" in run.missing_tools(rows) or Path(run._tool("h2load")).exists()
+
+
+def _h2_doc() -> Any:
+    doc = _doc(
+        [
+            _row("haproxy-h2", "h2", [_run(110e3, 1600, 8, 40)] * 3, baseline=True),
+            _row("pymesh-h2", "h2", [_run(33e3, 7000, 30, 90)] * 3),
+        ]
+    )
+    for row in doc["rows"]:
+        row["load"] = "h2load"
+    doc["settings"].update({"h2_connections": 10, "h2_streams": 10})
+    return doc
+
+
+def test_h2_goal_and_description() -> None:
+    doc = _h2_doc()
+    assert report.validate_result(doc) == []
+    goals = report.render_goals(doc)
+    line = next(g for g in goals.splitlines() if "L7 HTTP/2" in g)
+    assert "**met**: 0.30\u00d7 req/s, 4.38\u00d7 p99" in line
+    text = report.render_report(doc, "x.json")
+    assert "`h2load -c10 -m10 -D10.0s` (10 streams per connection)" in text
+    assert "--log-file" in text
+    # a document without h2load rows reads as before
+    assert "h2load" not in report.render_report(_sample_doc(), "x.json").split("Goals")[0]
