@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Awaitable
 
 import h2.config
 import h2.connection
@@ -11,6 +12,23 @@ import h2.errors
 import h2.events
 import pytest
 from tests.helpers import Backend, mesh_for, sidecar
+
+
+def _curl(proxy: tuple[str, int], mode: str, *urls: str) -> Awaitable[asyncio.subprocess.Process]:
+    """curl -i with `mode` (--http2-prior-knowledge / --http2), `orders:8080` sent to `proxy`."""
+    return asyncio.create_subprocess_exec(
+        "curl",
+        "-sS",
+        "-i",
+        "--max-time",
+        "5",
+        mode,
+        "--connect-to",
+        f"orders:8080:{proxy[0]}:{proxy[1]}",
+        *urls,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
 
 
 async def _h2_requests(
@@ -109,19 +127,7 @@ async def test_curl_http2_prior_knowledge() -> None:
         mesh = mesh_for({"orders": ([(8080, "http")], [app.address])})
         async with sidecar(mesh, "orders", app=app.address) as sc:
             host, port = sc.outbound_address
-            proc = await asyncio.create_subprocess_exec(
-                "curl",
-                "-sS",
-                "-i",
-                "--max-time",
-                "5",
-                "--http2-prior-knowledge",
-                "--connect-to",
-                f"orders:8080:{host}:{port}",
-                "http://orders:8080/h2",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
+            proc = await _curl((host, port), "--http2-prior-knowledge", "http://orders:8080/h2")
             out, err = await proc.communicate()
     assert proc.returncode == 0, err
     assert out.startswith(b"HTTP/2 200"), out
@@ -198,19 +204,7 @@ async def test_drain_sends_goaway_and_lets_the_stream_finish() -> None:
         mesh = mesh_for({"orders": ([(8080, "http")], [app.address])})
         async with sidecar(mesh, "orders", app=app.address) as sc:
             host, port = sc.outbound_address
-            proc = await asyncio.create_subprocess_exec(
-                "curl",
-                "-sS",
-                "-i",
-                "--max-time",
-                "5",
-                "--http2-prior-knowledge",
-                "--connect-to",
-                f"orders:8080:{host}:{port}",
-                "http://orders:8080/slow",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
+            proc = await _curl((host, port), "--http2-prior-knowledge", "http://orders:8080/slow")
             await asyncio.sleep(0.25)
             state = sc._outbound_state
             assert state is not None
@@ -275,19 +269,8 @@ async def test_curl_upgrade_h2c() -> None:
         mesh = mesh_for({"orders": ([(8080, "http")], [app.address])})
         async with sidecar(mesh, "orders", app=app.address) as sc:
             host, port = sc.outbound_address
-            proc = await asyncio.create_subprocess_exec(
-                "curl",
-                "-sS",
-                "-i",
-                "--max-time",
-                "5",
-                "--http2",
-                "--connect-to",
-                f"orders:8080:{host}:{port}",
-                "http://orders:8080/up",
-                "http://orders:8080/again",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            proc = await _curl(
+                (host, port), "--http2", "http://orders:8080/up", "http://orders:8080/again"
             )
             out, err = await proc.communicate()
     assert proc.returncode == 0, err

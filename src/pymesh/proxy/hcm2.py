@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import cast, final
+from typing import final
 
 import structlog
 
 from pymesh.errors import ProxyError, RemoteProtocolError, UpstreamTimeout
 from pymesh.proxy.events import RequestHead
 from pymesh.proxy.filters.request_id import new_request_id
-from pymesh.proxy.flow import WriteFlow
+from pymesh.proxy.h2shell import H2Shell
 from pymesh.proxy.hcm import HOP_BY_HOP, ListenerState
 from pymesh.proxy.http2 import (
     ConnectionTerminated,
@@ -70,7 +70,7 @@ class _Stream:
 
 
 @final
-class H2ServerConnection(asyncio.Protocol):
+class H2ServerConnection(H2Shell):
     """One downstream HTTP/2 connection."""
 
     def __init__(
@@ -78,16 +78,12 @@ class H2ServerConnection(asyncio.Protocol):
     ) -> None:
         """`upgrade_settings`: the HTTP2-Settings value of an HTTP/1.1 `Upgrade: h2c` request
         (then call `start_upgraded()` with that request); RemoteProtocolError if invalid."""
+        super().__init__("server", H2Connection("server", upgrade_settings=upgrade_settings))
         self.state = state
-        self.codec = H2Connection("server", upgrade_settings=upgrade_settings)
-        self.flow = WriteFlow()
-        self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
-        self.closed = False
         self.peer = "-"
         self._client_ip = b""
         self._initial = initial
-        self._window: asyncio.Future[None] | None = None
         self._last_active = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
 
@@ -100,17 +96,15 @@ class H2ServerConnection(asyncio.Protocol):
     def close_if_idle(self) -> None:
         """Drain: GOAWAY now (in-flight streams finish), close once none is left."""
         if not self.streams:
-            self._close()
+            self.close()
             return
         if not self.codec.draining:
             self.codec.start_graceful_shutdown()
-            self._send()
+            self.send()
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        t = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.transport = t
-        self.flow.transport = t
+        t = self._attach(transport)
         peer = t.get_extra_info("peername")
         if peer:
             self.peer = f"{peer[0]}:{peer[1]}"
@@ -119,7 +113,7 @@ class H2ServerConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._last_active = loop.time()
         self._idle_timer = loop.call_later(self.state.settings.idle_timeout, self._check_idle)
-        self._send()  # our SETTINGS
+        self.send()  # our SETTINGS
         if self._initial:
             data, self._initial = self._initial, b""
             self.data_received(data)
@@ -140,8 +134,8 @@ class H2ServerConnection(asyncio.Protocol):
             )
             return
         self.codec.close()
-        self._send()
-        self._close()
+        self.send()
+        self.close()
 
     def data_received(self, data: bytes) -> None:
         now = asyncio.get_running_loop().time()
@@ -161,26 +155,25 @@ class H2ServerConnection(asyncio.Protocol):
                 if s is not None:
                     s.trailers = ev.headers
             elif isinstance(ev, WindowOpened):
-                self._wake_window()
+                self.wake_window()
             elif isinstance(ev, StreamReset):
                 self._on_reset(ev.stream_id)
             elif isinstance(ev, StreamRejected):
                 self._reject(ev.stream_id)
             elif isinstance(ev, ConnectionTerminated):
-                self._send()
+                self.send()
                 if not ev.remote or ev.error_code != 0 or not self.streams:
                     if ev.error_code:
                         _log.info("h2_goaway", peer=self.peer, code=ev.error_code, remote=ev.remote)
-                    self._close()
+                    self.close()
                     return
-        self._send()
+        self.send()
 
     def eof_received(self) -> bool:
-        self._close()
+        self.close()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
         self.state.connections.discard(self)
         if self._idle_timer is not None:
             self._idle_timer.cancel()
@@ -190,48 +183,14 @@ class H2ServerConnection(asyncio.Protocol):
                 s.body.abort(ConnectionResetError("client connection lost"))
             if s.task is not None and not s.task.done():
                 s.task.cancel()
-        self.flow.close()
-        self._wake_window()
-
-    def pause_writing(self) -> None:
-        self.flow.pause()
-
-    def resume_writing(self) -> None:
-        self.flow.resume()
-
-    # -- helpers --------------------------------------------------------------------------
-    def _send(self) -> None:
-        out = self.codec.data_to_send()
-        if out:
-            self.flow.write(out)
-
-    def _close(self) -> None:
-        self.flow.flush()
-        t = self.transport
-        if t is not None and not t.is_closing():
-            t.close()
-
-    def _wake_window(self) -> None:
-        w = self._window
-        if w is not None:
-            self._window = None
-            if not w.done():
-                w.set_result(None)
-
-    async def _wait_window(self) -> None:
-        if self.closed:
-            raise ConnectionResetError("client connection lost")
-        w = self._window
-        if w is None:
-            w = self._window = asyncio.get_running_loop().create_future()
-        await w
+        self._detach()
 
     # -- streams --------------------------------------------------------------------------
     def start_upgraded(self, head: RequestHead) -> None:
         """Serve the HTTP/1.1 request that asked for `Upgrade: h2c` as stream 1 (RFC 9113
         §3.2 of RFC 7540: the client has half-closed it; a body was not allowed)."""
         self._start_stream(1, head, False, has_body=False)
-        self._send()
+        self.send()
 
     def _on_headers(self, ev: StreamHeaders) -> None:
         sid = ev.stream_id
@@ -309,7 +268,7 @@ class H2ServerConnection(asyncio.Protocol):
         if s.pending_ack and not self.closed:
             n, s.pending_ack = s.pending_ack, 0
             self.codec.acknowledge_received_data(s.id, n)
-            self._send()
+            self.send()
 
     def _on_reset(self, sid: int) -> None:
         s = self.streams.pop(sid, None)
@@ -335,7 +294,7 @@ class H2ServerConnection(asyncio.Protocol):
             body = f"{exc.code}: {exc.detail or exc.code}\n".encode()
             self.codec.send_headers(sid, self._h2_headers(resp, None, ""), end_stream=False)
             self.codec.send_data(sid, body, end_stream=True)
-        self._send()
+        self.send()
 
     @staticmethod
     def _h2_headers(response: Response, length: int | None, rid: str) -> Headers:
@@ -391,7 +350,7 @@ class H2ServerConnection(asyncio.Protocol):
                         grpc_error_headers(exc.code, exc.detail or exc.code),
                         end_stream=True,
                     )
-                    self._send()
+                    self.send()
                     return
                 response = Response.from_error(exc)
             status = response.status
@@ -409,11 +368,11 @@ class H2ServerConnection(asyncio.Protocol):
             if response is not None and response.release is not None:
                 response.release(False)
             self.codec.reset_stream(stream.id)
-            self._send()
+            self.send()
         except Exception as exc:  # a bug: keep the connection, reset the stream
             _log.exception("h2_stream_failed", peer=self.peer, error=repr(exc))
             self.codec.reset_stream(stream.id)
-            self._send()
+            self.send()
         finally:
             self.streams.pop(stream.id, None)
             duration = time.monotonic() - ctx.start
@@ -422,7 +381,7 @@ class H2ServerConnection(asyncio.Protocol):
             for obs in settings.observers:
                 obs.on_request(request, status, duration)
             if self.codec.draining and not self.streams:
-                self._close()
+                self.close()
 
     async def _respond(self, stream: _Stream, response: Response) -> None:
         request = stream.request
@@ -439,12 +398,12 @@ class H2ServerConnection(asyncio.Protocol):
                 request.context.grpc_status = trailers_only.decode("latin-1")
         if body is None:
             codec.send_headers(sid, headers, end_stream=True)
-            self._send()
+            self.send()
             if response.release is not None:
                 response.release(True)
             return
         codec.send_headers(sid, headers)
-        self._send()
+        self.send()
         sent = 0
         while True:
             data = await body.read()
@@ -453,12 +412,14 @@ class H2ServerConnection(asyncio.Protocol):
             sent += len(data)
             while data:
                 n = codec.send_data(sid, data)
-                self._send()
+                self.send()
                 data = data[n:]
                 if self.flow.paused:
                     await self.flow.drain()  # the socket's buffer is full: wait for it
                 elif data and n == 0:
-                    await self._wait_window()  # the peer's window is closed: wait for it
+                    if self.closed:
+                        raise ConnectionResetError("client connection lost")
+                    await self.wait_window()  # the peer's window is closed: wait for it
                 else:
                     continue
                 if self.closed or sid not in self.streams:
@@ -472,6 +433,6 @@ class H2ServerConnection(asyncio.Protocol):
             codec.send_trailers(sid, [(k.lower(), v) for k, v in body.trailers])
         else:
             codec.end_stream(sid)
-        self._send()
+        self.send()
         if response.release is not None:
             response.release(True)

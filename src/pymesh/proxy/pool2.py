@@ -11,16 +11,15 @@ Trailers (gRPC's `grpc-status`, `grpc-message`) come back on `Body.trailers`.
 from __future__ import annotations
 
 import asyncio
-from typing import cast, final
+from typing import final
 
 import structlog
 
 from pymesh.errors import Overflow, RemoteProtocolError, UpstreamConnectError, UpstreamReset
 from pymesh.proxy.events import RequestHead
-from pymesh.proxy.flow import WriteFlow
+from pymesh.proxy.h2shell import H2Shell
 from pymesh.proxy.http2 import (
     ConnectionTerminated,
-    H2Connection,
     StreamData,
     StreamEnded,
     StreamHeaders,
@@ -54,17 +53,13 @@ class _UpStream:
 
 
 @final
-class H2UpstreamConnection(asyncio.Protocol):
+class H2UpstreamConnection(H2Shell):
     """One HTTP/2 connection to an upstream endpoint, carrying many streams."""
 
     def __init__(self, pool: H2Pool) -> None:
+        super().__init__("client")
         self.pool = pool
-        self.codec = H2Connection("client")
-        self.flow = WriteFlow()
-        self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _UpStream] = {}
-        self.closed = False
-        self._window: asyncio.Future[None] | None = None
 
     @property
     def usable(self) -> bool:
@@ -73,10 +68,8 @@ class H2UpstreamConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        t = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.transport = t
-        self.flow.transport = t
-        self._send()  # the connection preface
+        self._attach(transport)
+        self.send()  # the connection preface
 
     def data_received(self, data: bytes) -> None:
         for ev in self.codec.receive_data(data, asyncio.get_running_loop().time()):
@@ -106,9 +99,9 @@ class H2UpstreamConnection(asyncio.Protocol):
                     UpstreamReset(f"upstream reset the stream (error {ev.error_code})"),
                 )
             elif isinstance(ev, WindowOpened):
-                self._wake()
+                self.wake_window()
             elif isinstance(ev, ConnectionTerminated):
-                self._send()
+                self.send()
                 if ev.error_code or not ev.remote:
                     self._fail_all(
                         UpstreamReset(f"upstream ended the connection (error {ev.error_code})")
@@ -116,48 +109,14 @@ class H2UpstreamConnection(asyncio.Protocol):
                     self.close()
                 elif not self.streams:
                     self.close()
-        self._send()
+        self.send()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
         self.pool.forget(self)
         self._fail_all(UpstreamReset(f"upstream connection lost: {exc or 'closed'}"))
-        self.flow.close()
-        self._wake()
-
-    def pause_writing(self) -> None:
-        self.flow.pause()
-
-    def resume_writing(self) -> None:
-        self.flow.resume()
+        self._detach()
 
     # -- helpers --------------------------------------------------------------------------
-    def _send(self) -> None:
-        out = self.codec.data_to_send()
-        if out:
-            self.flow.write(out)
-
-    def close(self) -> None:
-        """Close the connection (flushing what is queued)."""
-        self.flow.flush()
-        t = self.transport
-        if t is not None and not t.is_closing():
-            t.close()
-
-    def _wake(self) -> None:
-        w = self._window
-        if w is not None:
-            self._window = None
-            if not w.done():
-                w.set_result(None)
-
-    async def _wait_window(self) -> None:
-        if self.closed:
-            raise UpstreamReset("upstream connection lost")
-        w = self._window
-        if w is None:
-            w = self._window = asyncio.get_running_loop().create_future()
-        await w
 
     def _on_headers(self, ev: StreamHeaders) -> None:
         s = self.streams.get(ev.stream_id)
@@ -195,7 +154,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         if s.pending_ack and not self.closed:
             n, s.pending_ack = s.pending_ack, 0
             self.codec.acknowledge_received_data(s.id, n)
-            self._send()
+            self.send()
 
     def _fail_stream(self, sid: int, exc: UpstreamReset) -> None:
         s = self.streams.pop(sid, None)
@@ -227,7 +186,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         sid = self.codec.send_headers(None, headers, end_stream=body is None)
         stream = _UpStream(sid, request.method)
         self.streams[sid] = stream
-        self._send()
+        self.send()
         if body is not None:
             spawn(self._pump(stream, body), name="pymesh.pool2.pump")
         try:
@@ -236,7 +195,7 @@ class H2UpstreamConnection(asyncio.Protocol):
             # the client went away or its deadline passed: cancel the upstream stream too
             if self.streams.pop(sid, None) is not None:
                 self.codec.reset_stream(sid)
-                self._send()
+                self.send()
             raise
 
     async def _pump(self, stream: _UpStream, body: Body) -> None:
@@ -251,21 +210,23 @@ class H2UpstreamConnection(asyncio.Protocol):
                     if sid not in self.streams and stream.response.done():
                         return
                     n = codec.send_data(sid, data)
-                    self._send()
+                    self.send()
                     data = data[n:]
                     if self.flow.paused:
                         await self.flow.drain()
                     elif data and n == 0:
-                        await self._wait_window()
+                        if self.closed:
+                            raise UpstreamReset("upstream connection lost")
+                        await self.wait_window()
             if body.trailers:
                 codec.send_trailers(sid, [(k.lower(), v) for k, v in body.trailers])
             else:
                 codec.end_stream(sid)
-            self._send()
+            self.send()
         except Exception as exc:  # the client side failed mid-body
             _log.debug("h2_request_body_aborted", error=repr(exc))
             codec.reset_stream(sid)
-            self._send()
+            self.send()
             self._fail_stream(sid, UpstreamReset(f"request body aborted: {exc}"))
 
 
