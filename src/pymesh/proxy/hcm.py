@@ -135,6 +135,41 @@ class ListenerState:
         return sum(1 for c in self.connections if c.busy)
 
 
+def forward_headers(raw: Headers, client_ip: bytes) -> tuple[Headers, bytes | None, bytes]:
+    """A request's headers as they go upstream, for both HTTP/1.1 and HTTP/2 clients.
+
+    Hop-by-hop fields are dropped (and those `Connection` names, and `HTTP2-Settings`);
+    the client's address is appended to `x-forwarded-for`; `x-request-id` is kept or added.
+    Returns (headers, the Host value or None, the request id).
+    """
+    connection_opts: frozenset[bytes] = frozenset()
+    headers: Headers = []
+    host: bytes | None = None
+    xff: bytes | None = None
+    rid: bytes | None = None
+    for k, v in raw:
+        lk = k.lower()
+        if lk in _HOP_BY_HOP or lk == b"http2-settings":
+            if lk == b"connection":
+                connection_opts = connection_opts | {o.strip().lower() for o in v.split(b",")}
+            continue
+        if lk == b"host":
+            host = v
+        elif lk == b"x-forwarded-for":
+            xff = v
+            continue
+        elif lk == b"x-request-id":
+            rid = v
+        headers.append((k, v))
+    if connection_opts:
+        headers = [(k, v) for k, v in headers if k.lower() not in connection_opts]
+    headers.append((b"x-forwarded-for", xff + b", " + client_ip if xff else client_ip))
+    if rid is None:
+        rid = new_request_id()
+        headers.append((b"x-request-id", rid))
+    return headers, host, rid
+
+
 def _client_addr(transport: asyncio.BaseTransport) -> tuple[str, str]:
     peer = transport.get_extra_info("peername")
     if not peer:
@@ -369,27 +404,8 @@ class H1Connection(asyncio.Protocol):
         target = head.target
         # Request headers for upstream: drop hop-by-hop (and those Connection names), keep
         # framing aside (re-added by the forwarder), append x-forwarded-for.
-        connection_opts: frozenset[bytes] = frozenset()
-        headers: Headers = []
-        host: bytes | None = None
-        xff: bytes | None = None
-        rid: bytes | None = None
-        for k, v in head.headers:
-            lk = k.lower()
-            if lk in _HOP_BY_HOP:
-                if lk == b"connection":
-                    connection_opts = connection_opts | {o.strip().lower() for o in v.split(b",")}
-                continue
-            if lk == b"host":
-                host = v
-            elif lk == b"x-forwarded-for":
-                xff = v
-                continue
-            elif lk == b"x-request-id":
-                rid = v
-            headers.append((k, v))
-        if connection_opts:
-            headers = [(k, v) for k, v in headers if k.lower() not in connection_opts]
+        headers, host, rid = forward_headers(head.headers, self._client_ip.encode())
+        ctx.request_id = rid.decode("latin-1")
         websocket = (
             head.upgrade is not None and head.upgrade.lower() == b"websocket" and method == b"GET"
         )
@@ -406,12 +422,6 @@ class H1Connection(asyncio.Protocol):
             # byte relay (`_switch`). Other upgrades (h2c...) are dropped as hop-by-hop.
             headers.append((b"connection", b"Upgrade"))
             headers.append((b"upgrade", head.upgrade or b"websocket"))
-        ip = self._client_ip.encode()
-        headers.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
-        if rid is None:
-            rid = new_request_id()
-            headers.append((b"x-request-id", rid))
-        ctx.request_id = rid.decode("latin-1")
         authority = host or b""
         if method == b"CONNECT":
             self._request_complete = True

@@ -26,9 +26,8 @@ import structlog
 
 from pymesh.errors import ProxyError, RemoteProtocolError, UpstreamTimeout
 from pymesh.proxy.events import RequestHead
-from pymesh.proxy.filters.request_id import new_request_id
 from pymesh.proxy.h2shell import H2Shell
-from pymesh.proxy.hcm import HOP_BY_HOP, ListenerState
+from pymesh.proxy.hcm import HOP_BY_HOP, ListenerState, forward_headers
 from pymesh.proxy.http2 import (
     ConnectionTerminated,
     H2Connection,
@@ -208,28 +207,8 @@ class H2ServerConnection(H2Shell):
         ctx = RequestContext(
             listener=self.state.name, downstream_addr=self.peer, start=time.monotonic()
         )
-        headers: Headers = []
-        authority = b""
-        rid: bytes | None = None
-        xff: bytes | None = None
-        for k, v in head.headers:
-            lk = k.lower()
-            if lk in HOP_BY_HOP or lk == b"http2-settings":
-                continue
-            if lk == b"host":
-                authority = v
-            elif lk == b"x-request-id":
-                rid = v
-            elif lk == b"x-forwarded-for":
-                xff = v
-                continue
-            headers.append((k, v))
-        headers.append(
-            (b"x-forwarded-for", xff + b", " + self._client_ip if xff else self._client_ip)
-        )
-        if rid is None:
-            rid = new_request_id()
-            headers.append((b"x-request-id", rid))
+        headers, host, rid = forward_headers(head.headers, self._client_ip)
+        authority = host or b""
         ctx.request_id = rid.decode("latin-1")
         body: Body | None = None
         if has_body:

@@ -28,7 +28,7 @@ from pymesh.proxy.http1 import (
 )
 from pymesh.proxy.messages import Body, Request, Response, Upgrade
 from pymesh.proxy.pool2 import H2Pool
-from pymesh.proxy.tcp import connect
+from pymesh.proxy.tcp import connect_upstream
 from pymesh.runtime import spawn
 
 __all__ = ["Pool", "PoolManager", "ResponseSink", "UpstreamConnection"]
@@ -391,15 +391,11 @@ class Pool:
         if c is not None:
             return c
         conn = UpstreamConnection(self)
-        host, port = self.address
         try:
-            await connect(conn, host, port, self.connect_timeout)
-        except TimeoutError as exc:
+            await connect_upstream(conn, self.address, self.connect_timeout)
+        except UpstreamConnectError:
             self.connect_failures += 1
-            raise UpstreamConnectError(f"{host}:{port}: connect timeout") from exc
-        except OSError as exc:
-            self.connect_failures += 1
-            raise UpstreamConnectError(f"{host}:{port}: {exc.strerror or exc}") from exc
+            raise
         self._all.add(conn)
         return conn
 

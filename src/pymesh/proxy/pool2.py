@@ -30,7 +30,7 @@ from pymesh.proxy.http2 import (
     h2_to_h1_response_head,
 )
 from pymesh.proxy.messages import Body, Headers, Request, Response
-from pymesh.proxy.tcp import connect
+from pymesh.proxy.tcp import connect_upstream
 from pymesh.runtime import spawn
 
 __all__ = ["H2Pool", "H2UpstreamConnection"]
@@ -256,15 +256,11 @@ class H2Pool:
         if len(self.conns) >= self.max_connections:
             raise Overflow(f"{self.address[0]}:{self.address[1]}: HTTP/2 connections full")
         conn = H2UpstreamConnection(self)
-        host, port = self.address
         try:
-            await connect(conn, host, port, self.connect_timeout)
-        except TimeoutError as exc:
+            await connect_upstream(conn, self.address, self.connect_timeout)
+        except UpstreamConnectError:
             self.connect_failures += 1
-            raise UpstreamConnectError(f"{host}:{port}: connect timeout") from exc
-        except OSError as exc:
-            self.connect_failures += 1
-            raise UpstreamConnectError(f"{host}:{port}: {exc.strerror or exc}") from exc
+            raise
         self.conns.append(conn)
         return conn
 

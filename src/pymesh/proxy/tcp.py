@@ -31,6 +31,7 @@ __all__ = [
     "TcpSide",
     "connect",
     "connect_relay",
+    "connect_upstream",
     "shutdown_write",
     "wire_relay",
 ]
@@ -279,6 +280,20 @@ async def connect(protocol: P, host: str, port: int, timeout: float) -> tuple[as
     return transport, proto
 
 
+async def connect_upstream(
+    protocol: P, address: tuple[str, int], timeout: float
+) -> tuple[asyncio.Transport, P]:
+    """`connect()` to an upstream endpoint; any failure is `UpstreamConnectError` (502
+    `upstream_connect_failed`: refused, unreachable or timed out)."""
+    host, port = address
+    try:
+        return await connect(protocol, host, port, timeout)
+    except TimeoutError as exc:
+        raise UpstreamConnectError(f"{host}:{port}: connect timeout") from exc
+    except OSError as exc:
+        raise UpstreamConnectError(f"{host}:{port}: {exc.strerror or exc}") from exc
+
+
 class _RelayState:
     """Counts the two sides' closes; reports the connection once both are gone."""
 
@@ -371,12 +386,8 @@ async def connect_relay(
         raise NoHealthyUpstream("no endpoint")
     state = _RelayState(conn, on_close)
     down, up = _pair(conn, state)
-    host, port = address
-    conn.upstream_addr = f"{host}:{port}"
-    try:
-        await connect(up, host, port, connect_timeout)
-    except (OSError, TimeoutError) as exc:
-        raise UpstreamConnectError(f"{host}:{port}: {exc or 'connect timeout'}") from exc
+    conn.upstream_addr = f"{address[0]}:{address[1]}"
+    await connect_upstream(up, address, connect_timeout)
     if conn.transport.is_closing():
         assert up.transport is not None
         up.transport.close()
