@@ -7,9 +7,28 @@ import asyncio
 from typing import cast
 
 from pymesh.proxy.flow import WriteFlow
-from pymesh.proxy.http2 import H2Connection, Role
+from pymesh.proxy.http2 import H2Connection, Role, StreamData
+from pymesh.proxy.messages import Body, Headers
 
-__all__ = ["H2Shell"]
+__all__ = ["FlowStream", "H2Shell"]
+
+
+class FlowStream:
+    """A stream whose incoming body is flow-controlled by its consumer.
+
+    Received bytes are acknowledged to the peer (reopening its window) while the stream's
+    `Body` is below its high-water mark; past it, acknowledgements wait until the consumer
+    drains the body, so a slow reader slows the sender instead of a buffer growing.
+    """
+
+    __slots__ = ("body", "held", "id", "pending_ack", "trailers")
+
+    def __init__(self, stream_id: int, body: Body | None = None) -> None:
+        self.id = stream_id
+        self.body = body
+        self.held = False
+        self.pending_ack = 0
+        self.trailers: Headers = []
 
 
 class H2Shell(asyncio.Protocol):
@@ -60,6 +79,34 @@ class H2Shell(asyncio.Protocol):
             self._window = None
             if not w.done():
                 w.set_result(None)
+
+    def give_body(self, stream: FlowStream, body: Body) -> None:
+        """Make `body` the stream's incoming body, its flow control tied to the peer's window."""
+        stream.body = body
+
+        def pause() -> None:
+            stream.held = True
+
+        def resume() -> None:
+            stream.held = False
+            if stream.pending_ack and not self.closed:
+                n, stream.pending_ack = stream.pending_ack, 0
+                self.codec.acknowledge_received_data(stream.id, n)
+                self.send()
+
+        body.pause = pause
+        body.resume = resume
+
+    def receive_body(self, stream: FlowStream | None, ev: StreamData) -> None:
+        """Body bytes for `stream` (None: unknown or gone, the bytes are only acknowledged)."""
+        if stream is None or stream.body is None:
+            self.codec.acknowledge_received_data(ev.stream_id, ev.flow_controlled_length)
+            return
+        stream.body.feed(ev.data)
+        if stream.held:
+            stream.pending_ack += ev.flow_controlled_length
+        else:
+            self.codec.acknowledge_received_data(ev.stream_id, ev.flow_controlled_length)
 
     async def wait_window(self) -> None:
         """Wait for the next `wake_window()` (callers re-check their stream afterwards)."""

@@ -26,7 +26,7 @@ import structlog
 
 from pymesh.errors import ProxyError, RemoteProtocolError, UpstreamTimeout
 from pymesh.proxy.events import RequestHead
-from pymesh.proxy.h2shell import H2Shell
+from pymesh.proxy.h2shell import FlowStream, H2Shell
 from pymesh.proxy.hcm import HOP_BY_HOP, ListenerState, forward_headers
 from pymesh.proxy.http2 import (
     ConnectionTerminated,
@@ -54,18 +54,14 @@ _NO_BODY_STATUS = frozenset({204, 304})
 
 
 @final
-class _Stream:
-    __slots__ = ("body", "grpc", "held", "id", "pending_ack", "request", "task", "trailers")
+class _Stream(FlowStream):
+    __slots__ = ("grpc", "request", "task")
 
     def __init__(self, stream_id: int, request: Request, grpc: bool) -> None:
-        self.id = stream_id
+        super().__init__(stream_id)
         self.request = request
-        self.body = request.body
         self.grpc = grpc
         self.task: asyncio.Task[None] | None = None
-        self.held = False  # the body is over its high-water mark: acknowledgements wait
-        self.pending_ack = 0
-        self.trailers: Headers = []
 
 
 @final
@@ -142,7 +138,7 @@ class H2ServerConnection(H2Shell):
         events = self.codec.receive_data(data, now)
         for ev in events:
             if isinstance(ev, StreamData):
-                self._on_data(ev)
+                self.receive_body(self.streams.get(ev.stream_id), ev)
             elif isinstance(ev, StreamHeaders):
                 self._on_headers(ev)
             elif isinstance(ev, StreamEnded):
@@ -226,28 +222,9 @@ class H2ServerConnection(H2Shell):
         )
         stream = _Stream(sid, request, grpc)
         if body is not None:
-            body.pause = lambda: setattr(stream, "held", True)
-            body.resume = lambda: self._release_acks(stream)
+            self.give_body(stream, body)
         self.streams[sid] = stream
         stream.task = asyncio.get_running_loop().create_task(self._run(stream))
-
-    def _on_data(self, ev: StreamData) -> None:
-        s = self.streams.get(ev.stream_id)
-        if s is None or s.body is None:
-            self.codec.acknowledge_received_data(ev.stream_id, ev.flow_controlled_length)
-            return
-        s.body.feed(ev.data)
-        if s.held:
-            s.pending_ack += ev.flow_controlled_length
-        else:
-            self.codec.acknowledge_received_data(ev.stream_id, ev.flow_controlled_length)
-
-    def _release_acks(self, s: _Stream) -> None:
-        s.held = False
-        if s.pending_ack and not self.closed:
-            n, s.pending_ack = s.pending_ack, 0
-            self.codec.acknowledge_received_data(s.id, n)
-            self.send()
 
     def _on_reset(self, sid: int) -> None:
         s = self.streams.pop(sid, None)

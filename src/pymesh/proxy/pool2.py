@@ -17,7 +17,7 @@ import structlog
 
 from pymesh.errors import Overflow, RemoteProtocolError, UpstreamConnectError, UpstreamReset
 from pymesh.proxy.events import RequestHead
-from pymesh.proxy.h2shell import H2Shell
+from pymesh.proxy.h2shell import FlowStream, H2Shell
 from pymesh.proxy.http2 import (
     ConnectionTerminated,
     StreamData,
@@ -29,7 +29,7 @@ from pymesh.proxy.http2 import (
     h1_to_h2_request_headers,
     h2_to_h1_response_head,
 )
-from pymesh.proxy.messages import Body, Headers, Request, Response
+from pymesh.proxy.messages import Body, Request, Response
 from pymesh.proxy.tcp import connect_upstream
 from pymesh.runtime import spawn
 
@@ -39,17 +39,13 @@ _log = structlog.get_logger("pymesh.pool2")
 
 
 @final
-class _UpStream:
-    __slots__ = ("body", "held", "id", "method", "pending_ack", "response", "trailers")
+class _UpStream(FlowStream):
+    __slots__ = ("method", "response")
 
     def __init__(self, stream_id: int, method: bytes) -> None:
-        self.id = stream_id
+        super().__init__(stream_id)
         self.method = method
         self.response: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        self.body: Body | None = None
-        self.trailers: Headers = []
-        self.held = False
-        self.pending_ack = 0
 
 
 @final
@@ -74,15 +70,7 @@ class H2UpstreamConnection(H2Shell):
     def data_received(self, data: bytes) -> None:
         for ev in self.codec.receive_data(data, asyncio.get_running_loop().time()):
             if isinstance(ev, StreamData):
-                s = self.streams.get(ev.stream_id)
-                if s is None or s.body is None:
-                    self.codec.acknowledge_received_data(ev.stream_id, ev.flow_controlled_length)
-                    continue
-                s.body.feed(ev.data)
-                if s.held:
-                    s.pending_ack += ev.flow_controlled_length
-                else:
-                    self.codec.acknowledge_received_data(ev.stream_id, ev.flow_controlled_length)
+                self.receive_body(self.streams.get(ev.stream_id), ev)
             elif isinstance(ev, StreamHeaders):
                 self._on_headers(ev)
             elif isinstance(ev, StreamTrailers):
@@ -133,10 +121,7 @@ class H2UpstreamConnection(H2Shell):
         body: Body | None = None
         if not ev.end_stream:
             body = Body()
-            stream = s
-            body.pause = lambda: setattr(stream, "held", True)
-            body.resume = lambda: self._release_acks(stream)
-            s.body = body
+            self.give_body(s, body)
         elif ev.end_stream:
             self.streams.pop(ev.stream_id, None)
         resp = Response(
@@ -148,13 +133,6 @@ class H2UpstreamConnection(H2Shell):
             chunked=body is not None and head.content_length is None,
         )
         s.response.set_result(resp)
-
-    def _release_acks(self, s: _UpStream) -> None:
-        s.held = False
-        if s.pending_ack and not self.closed:
-            n, s.pending_ack = s.pending_ack, 0
-            self.codec.acknowledge_received_data(s.id, n)
-            self.send()
 
     def _fail_stream(self, sid: int, exc: UpstreamReset) -> None:
         s = self.streams.pop(sid, None)
