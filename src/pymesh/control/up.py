@@ -49,10 +49,12 @@ from typing import Any, Final, final
 
 import yaml
 
+from pymesh.control.casign import TOKEN_ENV, URL_ENV, SigningServer
 from pymesh.errors import ConfigError, FieldError, PymeshError
 from pymesh.policy.model import DEFAULT_NAMESPACE, Resource, ServiceSpec
 from pymesh.policy.snapshot import Mesh
 from pymesh.runtime import LoopName, install_signal_handlers, run_loop
+from pymesh.tls.ca import CertificateAuthority
 
 __all__ = [
     "HTTP_ERRORS",
@@ -490,6 +492,7 @@ class LocalMesh:
         self.services: tuple[ServiceRuntime, ...] = ()
         self.workdir: Path | None = None
         self._children: list[_Child] = []
+        self.signer: SigningServer | None = None  # the mesh's CA, when it uses mTLS
 
     async def __aenter__(self) -> LocalMesh:
         await self.start()
@@ -524,16 +527,23 @@ class LocalMesh:
             docs = derive_config(read_documents(self.config), inbound)
             self.derived_config.write_text(yaml.safe_dump_all(docs, sort_keys=False))
             cwd = self.config if self.config.is_dir() else self.config.parent
+            if _uses_mtls(mesh):
+                self.signer = SigningServer(
+                    CertificateAuthority.create(mesh.spec.trust_domain),
+                    mesh.spec.certificate_ttl_s,
+                )
+                await self.signer.start(_connect_host(self.host))
             started: list[ServiceRuntime] = []
             for svc in plans:
                 spec = mesh.service_spec(svc.name, svc.namespace)
                 if svc.meshed:
-                    child = await self._spawn(
-                        svc,
-                        "sidecar",
-                        self._sidecar_argv(svc),
-                        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                    )
+                    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+                    if self.signer is not None:
+                        resource = mesh.service(svc.name, svc.namespace)
+                        assert resource is not None
+                        env[URL_ENV] = self.signer.url
+                        env[TOKEN_ENV] = self.signer.token_for(mesh.spiffe_id(resource))
+                    child = await self._spawn(svc, "sidecar", self._sidecar_argv(svc), env=env)
                     svc = replace(svc, pid=child.process.pid)
                 if spec.command:
                     env = command_env(os.environ, svc, spec, host=self.host)
@@ -667,9 +677,20 @@ class LocalMesh:
                             _killpg(c.process.pid, signal.SIGKILL)
                     await asyncio.gather(*(c.process.wait() for c in running))
         finally:
+            if self.signer is not None:
+                await self.signer.close()
+                self.signer = None
             if self.workdir is not None:
                 shutil.rmtree(self.workdir, ignore_errors=True)
                 self.workdir = None
+
+
+def _uses_mtls(mesh: Mesh) -> bool:
+    """Whether any meshed service of `mesh` is reached over mTLS (so sidecars need certs)."""
+    return any(
+        r.spec.meshed and (r.spec.mtls or mesh.spec.mtls) != "DISABLE"
+        for r in mesh.of_kind("Service")
+    )
 
 
 def _killpg(pid: int, sig: signal.Signals) -> None:

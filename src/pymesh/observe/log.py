@@ -64,6 +64,8 @@ HTTP_ACCESS_FIELDS: Final[tuple[str, ...]] = (
     "destination_service",
     "source_principal",  # SPIFFE ID of the peer, "" if plaintext
     "downstream_remote_address",
+    "connection_security_policy",  # mutual_tls | none
+    "authz",  # inbound: the TrafficTarget rule that allowed the request, or the denial reason
     "request_id",  # x-request-id
     "user_agent",
 )

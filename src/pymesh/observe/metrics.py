@@ -348,6 +348,10 @@ class Gauge(_Metric):
         """Drop one series (e.g. the old ``version`` of an info gauge)."""
         self._series.pop(labelvalues, None)
 
+    def clear(self) -> None:
+        """Drop every series (a gauge that describes one thing, replaced whole)."""
+        self._series.clear()
+
     def child(self, labelvalues: LabelValues) -> GaugeChild:
         """Return an object bound to ``labelvalues``."""
         return GaugeChild(self._cell(labelvalues))
@@ -666,6 +670,16 @@ class MeshMetrics:
     """``pymesh_downstream_connections_active{listener}``."""
     http_protocol_errors: Counter
     """``pymesh_http_protocol_errors_total{listener,code}``: malformed requests rejected."""
+    tls_refused: Counter
+    """``pymesh_tls_refused_total{listener,reason}``: connections refused by mTLS (no or bad
+    client certificate, SVID rules, plaintext to a STRICT port, wrong server identity)."""
+    authz_decisions: Counter
+    """``pymesh_authz_decisions_total{decision,protocol}``: allow | deny | audit_deny."""
+    cert_expiry: Gauge
+    """``pymesh_certificate_expiry_timestamp_seconds{identity,serial}``: the not-after of the
+    certificate in use (one series, replaced on rotation)."""
+    cert_rotations: Counter
+    """``pymesh_certificate_rotations_total``: identities loaded since start."""
 
 
 def mesh_metrics(registry: MetricsRegistry) -> MeshMetrics:
@@ -723,5 +737,25 @@ def mesh_metrics(registry: MetricsRegistry) -> MeshMetrics:
             "pymesh_http_protocol_errors_total",
             "Malformed requests rejected, by listener and error code.",
             ("listener", "code"),
+        ),
+        tls_refused=r.counter(
+            "pymesh_tls_refused_total",
+            "Connections refused by mTLS, by listener and reason.",
+            ("listener", "reason"),
+        ),
+        authz_decisions=r.counter(
+            "pymesh_authz_decisions_total",
+            "Authorization decisions on the inbound side (allow, deny, audit_deny).",
+            ("decision", "protocol"),
+        ),
+        cert_expiry=r.gauge(
+            "pymesh_certificate_expiry_timestamp_seconds",
+            "Not-after (Unix time) of the workload certificate in use.",
+            ("identity", "serial"),
+        ),
+        cert_rotations=r.counter(
+            "pymesh_certificate_rotations_total",
+            "Workload certificates loaded since start (first load included).",
+            (),
         ),
     )

@@ -38,6 +38,7 @@ from pymesh.proxy.http1 import (
 from pymesh.proxy.messages import Body, Headers, Request, RequestContext, Response
 from pymesh.proxy.router import Route, may_retry
 from pymesh.proxy.tcp import Connection, connect_relay, wire_relay
+from pymesh.proxy.tls import PLAINTEXT, security_of
 
 __all__ = ["H1Connection", "HttpObserver", "HttpSettings", "ListenerState", "TcpObserver"]
 
@@ -79,7 +80,12 @@ class TcpObserver(Protocol):
 
 
 class Router(Protocol):
-    def route(self, authority: bytes, kind: Literal["http1", "http2", "tcp"] = ...) -> Route: ...
+    def route(
+        self,
+        authority: bytes,
+        kind: Literal["http1", "http2", "tcp"] = ...,
+        port: int | None = ...,
+    ) -> Route: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -200,6 +206,7 @@ class H1Connection(asyncio.Protocol):
         "flow",
         "parser",
         "peer",
+        "security",
         "state",
         "transport",
     )
@@ -226,6 +233,7 @@ class H1Connection(asyncio.Protocol):
         self.closed = False
         self.peer = "-"
         self._client_ip = ""
+        self.security = PLAINTEXT
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -243,6 +251,7 @@ class H1Connection(asyncio.Protocol):
             return
         transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
         self.peer, self._client_ip = _client_addr(transport)
+        self.security = security_of(transport)
         self.state.connections.add(self)
         self._arm_idle()
 
@@ -400,6 +409,8 @@ class H1Connection(asyncio.Protocol):
         ctx = RequestContext(
             listener=self.state.name, downstream_addr=self.peer, start=time.monotonic()
         )
+        sec = self.security
+        ctx.source_principal, ctx.connection_security_policy = sec.principal, sec.policy
         method = head.method
         target = head.target
         # Request headers for upstream: drop hop-by-hop (and those Connection names), keep
@@ -490,7 +501,7 @@ class H1Connection(asyncio.Protocol):
 
     def _try_fast(self, request: Request, keep_alive: bool, settings: HttpSettings) -> bool:
         try:
-            route = settings.router.route(request.authority, "http1")
+            route = settings.router.route(request.authority, "http1", self.security.port)
         except ProxyError:
             return False  # the task path renders the error
         fwd = route.fast
@@ -499,7 +510,7 @@ class H1Connection(asyncio.Protocol):
         address = fwd.cluster.pick()
         if address is None:
             return False
-        conn = fwd.pools.get(address).take_idle()
+        conn = fwd.pools.get(address, fwd.tls).take_idle()
         if conn is None:
             return False
         ctx = request.context
@@ -670,7 +681,7 @@ class H1Connection(asyncio.Protocol):
         switched = False
         try:
             try:
-                route = settings.router.route(request.authority, "http1")
+                route = settings.router.route(request.authority, "http1", self.security.port)
                 ctx.destination_service = route.host
                 ctx.destination_namespace = route.namespace
                 ctx.destination_workload = route.workload
@@ -879,6 +890,7 @@ class H1Connection(asyncio.Protocol):
                 connect_timeout=settings.connect_timeout,
                 on_close=on_close,
                 before_relay=self._connect_ok,
+                tls=route.tls,
             )
         except ProxyError as exc:
             ctx.response_flags = exc.code

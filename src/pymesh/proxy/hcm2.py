@@ -45,6 +45,7 @@ from pymesh.proxy.http2 import (
     parse_grpc_timeout,
 )
 from pymesh.proxy.messages import Body, Headers, Request, RequestContext, Response, get_header
+from pymesh.proxy.tls import PLAINTEXT, security_of
 
 __all__ = ["H2ServerConnection"]
 
@@ -78,6 +79,7 @@ class H2ServerConnection(H2Shell):
         self.streams: dict[int, _Stream] = {}
         self.peer = "-"
         self._client_ip = b""
+        self.security = PLAINTEXT
         self._initial = initial
         self._last_active = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -100,6 +102,7 @@ class H2ServerConnection(H2Shell):
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         t = self._attach(transport)
+        self.security = security_of(t)
         peer = t.get_extra_info("peername")
         if peer:
             self.peer = f"{peer[0]}:{peer[1]}"
@@ -203,6 +206,8 @@ class H2ServerConnection(H2Shell):
         ctx = RequestContext(
             listener=self.state.name, downstream_addr=self.peer, start=time.monotonic()
         )
+        sec = self.security
+        ctx.source_principal, ctx.connection_security_policy = sec.principal, sec.policy
         headers, host, rid = forward_headers(head.headers, self._client_ip)
         authority = host or b""
         ctx.request_id = rid.decode("latin-1")
@@ -276,7 +281,7 @@ class H2ServerConnection(H2Shell):
         status = 0
         try:
             try:
-                route = settings.router.route(request.authority, "http2")
+                route = settings.router.route(request.authority, "http2", self.security.port)
                 ctx.destination_service = route.host
                 ctx.destination_namespace = route.namespace
                 ctx.destination_workload = route.workload

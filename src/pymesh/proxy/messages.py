@@ -225,8 +225,10 @@ class RequestContext:
     """Per-request state shared by the filters, the router, logs and metrics."""
 
     __slots__ = (
+        "authz",
         "bytes_received",
         "bytes_sent",
+        "connection_security_policy",
         "destination_namespace",
         "destination_service",
         "destination_workload",
@@ -250,7 +252,9 @@ class RequestContext:
         self.destination_service = "unknown"
         self.destination_namespace = "unknown"
         self.destination_workload = "unknown"
-        self.source_principal = "unknown"
+        self.source_principal = "unknown"  # the client's SPIFFE ID under mTLS
+        self.connection_security_policy = "none"  # mutual_tls | none
+        self.authz = ""  # the rule that allowed the request (or why it was denied)
         self.upstream_addr = "-"
         self.bytes_received = 0
         self.bytes_sent = 0

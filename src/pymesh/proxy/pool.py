@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Literal, Protocol, cast, final
+from typing import TYPE_CHECKING, Literal, Protocol, cast, final
 
 import structlog
 
@@ -30,6 +30,9 @@ from pymesh.proxy.messages import Body, Request, Response, Upgrade
 from pymesh.proxy.pool2 import H2Pool
 from pymesh.proxy.tcp import connect_upstream
 from pymesh.runtime import spawn
+
+if TYPE_CHECKING:
+    from pymesh.proxy.mtls import TlsOrigin
 
 __all__ = ["Pool", "PoolManager", "ResponseSink", "UpstreamConnection"]
 
@@ -343,12 +346,14 @@ class Pool:
         "idle_timeout",
         "limits",
         "max_idle",
+        "tls",
     )
 
     def __init__(
         self,
         address: tuple[str, int],
         *,
+        tls: TlsOrigin | None = None,
         codec: Codec = "httptools",
         limits: Limits | None = None,
         connect_timeout: float = 5.0,
@@ -356,6 +361,7 @@ class Pool:
         max_idle: int = 256,
     ) -> None:
         self.address = address
+        self.tls = tls  # mTLS to a meshed destination (ALPN http/1.1)
         self.codec: Codec = codec
         self.limits = limits or Limits()
         self.connect_timeout = connect_timeout
@@ -392,7 +398,7 @@ class Pool:
             return c
         conn = UpstreamConnection(self)
         try:
-            await connect_upstream(conn, self.address, self.connect_timeout)
+            await connect_upstream(conn, self.address, self.connect_timeout, self.tls, "h1")
         except UpstreamConnectError:
             self.connect_failures += 1
             raise
@@ -455,34 +461,41 @@ class PoolManager:
         self.limits = limits or Limits()
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
-        self._pools: dict[tuple[str, int], Pool] = {}
-        self._h2: dict[tuple[str, int], H2Pool] = {}
+        self._pools: dict[tuple[tuple[str, int], str | None], Pool] = {}
+        self._h2: dict[tuple[tuple[str, int], str | None], H2Pool] = {}
 
-    def get(self, address: tuple[str, int]) -> Pool:
-        """The pool for `address`, created on first use."""
-        pool = self._pools.get(address)
+    def get(self, address: tuple[str, int], tls: TlsOrigin | None = None) -> Pool:
+        """The pool for `address` (and, under mTLS, the SNI), created on first use."""
+        key = (address, tls.sni if tls is not None else None)
+        pool = self._pools.get(key)
         if pool is None:
             pool = Pool(
                 address,
+                tls=tls,
                 codec=self.codec,
                 limits=self.limits,
                 connect_timeout=self.connect_timeout,
                 idle_timeout=self.idle_timeout,
             )
-            self._pools[address] = pool
+            self._pools[key] = pool
         return pool
 
-    def get_h2(self, address: tuple[str, int]) -> H2Pool:
+    def get_h2(self, address: tuple[str, int], tls: TlsOrigin | None = None) -> H2Pool:
         """The HTTP/2 pool for `address` (ports declared http2 or grpc)."""
-        pool = self._h2.get(address)
+        key = (address, tls.sni if tls is not None else None)
+        pool = self._h2.get(key)
         if pool is None:
-            pool = H2Pool(address, connect_timeout=self.connect_timeout)
-            self._h2[address] = pool
+            pool = H2Pool(address, connect_timeout=self.connect_timeout, tls=tls)
+            self._h2[key] = pool
         return pool
 
     def pools(self) -> dict[tuple[str, int], Pool]:
-        """A copy of the address → pool map (admin /clusters)."""
-        return dict(self._pools)
+        """The HTTP/1.1 pools by address (admin /clusters; mTLS and plaintext pools to one
+        address are summed under it by the caller)."""
+        out: dict[tuple[str, int], Pool] = {}
+        for (address, _), pool in self._pools.items():
+            out.setdefault(address, pool)
+        return out
 
     def close(self) -> None:
         """Close every pool."""

@@ -11,7 +11,7 @@ Trailers (gRPC's `grpc-status`, `grpc-message`) come back on `Body.trailers`.
 from __future__ import annotations
 
 import asyncio
-from typing import final
+from typing import TYPE_CHECKING, final
 
 import structlog
 
@@ -32,6 +32,9 @@ from pymesh.proxy.http2 import (
 from pymesh.proxy.messages import Body, Request, Response
 from pymesh.proxy.tcp import connect_upstream
 from pymesh.runtime import spawn
+
+if TYPE_CHECKING:
+    from pymesh.proxy.mtls import TlsOrigin
 
 __all__ = ["H2Pool", "H2UpstreamConnection"]
 
@@ -213,9 +216,14 @@ class H2Pool:
     """HTTP/2 connections to one endpoint; a new one when all are at their stream limit."""
 
     def __init__(
-        self, address: tuple[str, int], connect_timeout: float = 5.0, max_connections: int = 16
+        self,
+        address: tuple[str, int],
+        connect_timeout: float = 5.0,
+        max_connections: int = 16,
+        tls: TlsOrigin | None = None,
     ) -> None:
         self.address = address
+        self.tls = tls  # mTLS to a meshed destination (ALPN h2)
         self.connect_timeout = connect_timeout
         self.max_connections = max_connections
         self.conns: list[H2UpstreamConnection] = []
@@ -235,7 +243,7 @@ class H2Pool:
             raise Overflow(f"{self.address[0]}:{self.address[1]}: HTTP/2 connections full")
         conn = H2UpstreamConnection(self)
         try:
-            await connect_upstream(conn, self.address, self.connect_timeout)
+            await connect_upstream(conn, self.address, self.connect_timeout, self.tls, "h2")
         except UpstreamConnectError:
             self.connect_failures += 1
             raise

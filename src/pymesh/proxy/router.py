@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal, final
+from typing import TYPE_CHECKING, Literal, final
 
 from pymesh.errors import NoHealthyUpstream, NoRoute, RequestTimeout, UpstreamReset
 from pymesh.policy.model import Resource, ServicePort
@@ -21,6 +21,9 @@ from pymesh.proxy.chain import HttpFilter, HttpService, compose
 from pymesh.proxy.http1 import serialize_request_head
 from pymesh.proxy.messages import Request, Response
 from pymesh.proxy.pool import PoolManager
+
+if TYPE_CHECKING:
+    from pymesh.proxy.mtls import TlsOrigin
 
 __all__ = [
     "Cluster",
@@ -111,15 +114,21 @@ class Forwarder:
     connection when `may_retry` allows it (idempotent, no body).
     """
 
-    __slots__ = ("body_timeout", "cluster", "h2", "pools")
+    __slots__ = ("body_timeout", "cluster", "h2", "pools", "tls")
 
     def __init__(
-        self, cluster: Cluster, pools: PoolManager, body_timeout: float = 60.0, h2: bool = False
+        self,
+        cluster: Cluster,
+        pools: PoolManager,
+        body_timeout: float = 60.0,
+        h2: bool = False,
+        tls: TlsOrigin | None = None,
     ) -> None:
         self.cluster = cluster
         self.pools = pools
         self.body_timeout = body_timeout
         self.h2 = h2  # the port is declared http2/grpc: upstream streams on HTTP/2
+        self.tls = tls  # mTLS to the destination's sidecar (None: plaintext)
 
     @staticmethod
     def head_for(request: Request) -> bytes:
@@ -147,9 +156,9 @@ class Forwarder:
             raise NoHealthyUpstream(f"service {self.cluster.name} has no endpoints")
         request.context.upstream_addr = f"{address[0]}:{address[1]}"
         if self.h2:
-            return await (await self.pools.get_h2(address).acquire()).exchange(request)
+            return await (await self.pools.get_h2(address, self.tls).acquire()).exchange(request)
         head = self.head_for(request)
-        pool = self.pools.get(address)
+        pool = self.pools.get(address, self.tls)
         conn = pool.take_idle() or await pool.acquire()
         reused = conn.requests > 0
         try:
@@ -165,7 +174,17 @@ class Forwarder:
 class Route:
     """A resolved destination: service, port, cluster and the compiled filter chain."""
 
-    __slots__ = ("cluster", "fast", "handler", "host", "namespace", "port", "service", "workload")
+    __slots__ = (
+        "cluster",
+        "fast",
+        "handler",
+        "host",
+        "namespace",
+        "port",
+        "service",
+        "tls",
+        "workload",
+    )
 
     def __init__(
         self,
@@ -174,8 +193,10 @@ class Route:
         port: ServicePort,
         cluster: Cluster,
         handler: HttpService,
+        tls: TlsOrigin | None = None,
     ) -> None:
         self.service = service
+        self.tls = tls  # mTLS origination for L4 tunnels (CONNECT) to this port
         self.namespace = namespace
         self.port = port
         self.cluster = cluster
@@ -211,6 +232,7 @@ class OutboundRouter:
         source_namespace: str,
         pools: PoolManager,
         filters: Callable[[Resource, ServicePort], Sequence[HttpFilter]],
+        tls: Callable[[Resource, ServicePort], TlsOrigin | None] = lambda r, p: None,
     ) -> None:
         self.version = mesh.version
         self._by_name_port: dict[tuple[bytes, int], Route] = {}
@@ -220,18 +242,13 @@ class OutboundRouter:
             spec = r.spec
             cluster = Cluster(r.name, r.namespace, [(e.address, e.port) for e in spec.endpoints])
             self.clusters[(r.namespace, r.name)] = cluster
-            routes = [
-                Route(
-                    r.name,
-                    r.namespace,
-                    p,
-                    cluster,
-                    compose(
-                        filters(r, p), Forwarder(cluster, pools, h2=p.protocol in _H2_PROTOCOLS)
-                    ),
+            routes = []
+            for p in spec.ports:
+                origin = tls(r, p)
+                fwd = Forwarder(cluster, pools, h2=p.protocol in _H2_PROTOCOLS, tls=origin)
+                routes.append(
+                    Route(r.name, r.namespace, p, cluster, compose(filters(r, p), fwd), origin)
                 )
-                for p in spec.ports
-            ]
             for host in _names(r, source_namespace):
                 for route in routes:
                     self._by_name_port[(host, route.port.port)] = route
@@ -244,8 +261,10 @@ class OutboundRouter:
                     if chosen is not None:
                         self._default[(host, kind)] = chosen
 
-    def route(self, authority: bytes, kind: Kind = "http1") -> Route:
-        """The route for `authority` (`host[:port]`); `NoRoute` if it is not in the mesh."""
+    def route(self, authority: bytes, kind: Kind = "http1", port: int | None = None) -> Route:
+        """The route for `authority` (`host[:port]`); `NoRoute` if it is not in the mesh.
+
+        (`port` is the inbound side's hint; outbound, the authority alone decides.)"""
         host, port = split_authority(authority)
         route = (
             self._default.get((host, kind))
@@ -310,8 +329,19 @@ class InboundRouter:
         """Every route, one per service port."""
         return list(self._by_port.values())
 
-    def route(self, authority: bytes | None, kind: Kind = "http1") -> Route:
-        """The route for a request reaching the inbound listener."""
+    def by_port(self, port: int | None) -> Route | None:
+        """The route of service port `port` (None if the service has no such port)."""
+        return self._by_port.get(port) if port is not None else None
+
+    def route(
+        self, authority: bytes | None, kind: Kind = "http1", port: int | None = None
+    ) -> Route:
+        """The route for a request reaching the inbound listener: the service port the
+        connection named (mTLS SNI, `port`), else the authority's port, else the default."""
+        if port is not None:
+            r = self._by_port.get(port)
+            if r is not None:
+                return r
         if authority:
             try:
                 _, port = split_authority(authority)

@@ -2,9 +2,14 @@
 
 ```
 app ──► outbound listener (http_proxy / Host / CONNECT) ──► router ──► endpoint (a peer's inbound)
-peer ─► inbound listener (HTTP/1.1, tcp, or detected) ─────► the local app (--app)
-admin listener: /ready /live /metrics /config_dump /clusters POST /drain POST /shutdown
+peer ─► inbound listener (mTLS, HTTP/1.1, tcp, or detected) ─► authz ─► the local app (--app)
+admin: /ready /live /metrics /config_dump /clusters /certs POST /drain POST /shutdown
 ```
+
+Identity: with mTLS (the Mesh's or this Service's mode is STRICT or PERMISSIVE, or a
+destination's is), the sidecar needs an identity source (`identity=`: an `Identity`, or an
+`IdentitySource` such as `DirSource` for `--identity-dir`, `CsrSource` for a CA); it keeps the
+certificate fresh for as long as it runs.
 
 A `Sidecar` owns its listeners, upstream pools and metrics. `update(mesh)` compiles a new config
 snapshot and swaps it in: requests already running finish on the snapshot they started with.
@@ -17,11 +22,12 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, final
 
 import structlog
 
+from pymesh.control.casign import TOKEN_ENV, URL_ENV, http_signer
 from pymesh.errors import ConfigError
 from pymesh.observe.admin import (
     AdminRequest,
@@ -33,9 +39,11 @@ from pymesh.observe.admin import (
 )
 from pymesh.observe.log import configure_logging
 from pymesh.observe.metrics import CONTENT_TYPE, MetricsRegistry, mesh_metrics
+from pymesh.policy.authz import InboundAuthz
 from pymesh.policy.model import DEFAULT_NAMESPACE, Resource, ServicePort
 from pymesh.policy.snapshot import Mesh
 from pymesh.proxy.chain import HttpFilter
+from pymesh.proxy.filters.authz import AuthzFilter, AuthzNetworkFilter
 from pymesh.proxy.filters.observers import AccessLog, MetricsObserver, Peer
 from pymesh.proxy.hcm import (
     HttpObserver,
@@ -45,10 +53,28 @@ from pymesh.proxy.hcm import (
     make_protocol_factory,
 )
 from pymesh.proxy.http1 import Limits
-from pymesh.proxy.listener import Detect, L4Accept, TcpSettings, TcpState, bound_address, serve
+from pymesh.proxy.listener import (
+    Detect,
+    InboundTls,
+    L4Accept,
+    TcpSettings,
+    TcpState,
+    TlsState,
+    bound_address,
+    serve,
+)
+from pymesh.proxy.mtls import TlsOrigin, inbound_mode, make_sni, originates_tls
 from pymesh.proxy.pool import PoolManager
 from pymesh.proxy.router import InboundRouter, OutboundRouter
-from pymesh.runtime import LoopName, install_signal_handlers, run_loop
+from pymesh.runtime import LoopName, install_signal_handlers, run_loop, spawn
+from pymesh.tls.credentials import (
+    Credentials,
+    CsrSource,
+    DirSource,
+    IdentitySource,
+    StaticSource,
+)
+from pymesh.tls.identity import Identity
 
 __all__ = ["Sidecar", "parse_address", "parse_apps", "proxy_main", "run"]
 
@@ -110,6 +136,7 @@ class Sidecar:
         idle_timeout: float = 60.0,
         connect_timeout: float = 5.0,
         limits: Limits | None = None,
+        identity: Identity | IdentitySource | None = None,
     ) -> None:
         self.mesh = mesh if isinstance(mesh, Mesh) else Mesh.load(mesh)
         self.namespace, self.service_name = _split_service(service)
@@ -155,6 +182,15 @@ class Sidecar:
         self.draining = False
         self._inbound_router: InboundRouter | None = None
         self._outbound_router: OutboundRouter | None = None
+        self.identity_source: IdentitySource | None = (
+            StaticSource(identity) if isinstance(identity, Identity) else identity
+        )
+        self.credentials = Credentials()
+        self.credentials.on_update(self._identity_updated)
+        self._tls_state: TlsState | None = None
+        self._inbound_tls_settings: InboundTls | None = None
+        self.authz: InboundAuthz | None = None
+        self._identity_task: asyncio.Task[None] | None = None
 
     # -- addresses ----------------------------------------------------------------------
     @property
@@ -176,6 +212,53 @@ class Sidecar:
     def _route_filters(self, service: Resource, port: ServicePort) -> list[HttpFilter]:
         return list(self.filters)
 
+    def needs_identity(self, mesh: Mesh) -> bool:
+        """Whether this sidecar must hold a certificate under `mesh` (mTLS in or out)."""
+        own = mesh.service(self.service_name, self.namespace)
+        if own is not None and inbound_mode(mesh, own) != "DISABLE":
+            return True
+        return any(
+            originates_tls(mesh, r)
+            for r in mesh.of_kind("Service")
+            if (r.namespace, r.name) != (self.namespace, self.service_name)
+        )
+
+    def _tls_origin(self, mesh: Mesh) -> Any:
+        creds = self.credentials
+
+        def origin(r: Resource, p: ServicePort) -> TlsOrigin | None:
+            if not originates_tls(mesh, r):
+                return None
+            return TlsOrigin(creds, make_sni(r.name, r.namespace, p.port), mesh.spiffe_id(r))
+
+        return origin
+
+    def _inbound_tls(self, mesh: Mesh, resource: Resource) -> InboundTls | None:
+        mode = inbound_mode(mesh, resource)
+        if mode == "DISABLE":
+            return None
+        ports = {p.port: p.protocol for p in resource.spec.ports}
+        refused = self.metrics.tls_refused
+
+        def on_refused(reason: str, peer: str, detail: str) -> None:
+            refused.inc(("inbound", reason))
+
+        return InboundTls(
+            credentials=self.credentials,
+            mode=mode,
+            ports=ports,
+            default_port=resource.spec.ports[0].port if resource.spec.ports else None,
+            on_refused=on_refused,
+        )
+
+    def _identity_updated(self, identity: Identity) -> None:
+        m = self.metrics
+        m.cert_expiry.clear()
+        m.cert_expiry.set(
+            (str(identity.spiffe_id), f"{identity.serial:x}"), identity.not_after.timestamp()
+        )
+        m.cert_rotations.inc(())
+
     def _observers(
         self, reporter: str, direction: str
     ) -> tuple[tuple[HttpObserver, ...], tuple[TcpObserver, ...]]:
@@ -190,11 +273,31 @@ class Sidecar:
         resource = mesh.service(self.service_name, self.namespace)
         if resource is None:
             raise ValueError(f"service {self.namespace}/{self.service_name} left the mesh")
+        if self.needs_identity(mesh) and not self.credentials.ready:
+            raise ValueError(
+                f"service {self.namespace}/{self.service_name}: the mesh uses mTLS "
+                "(Mesh/Service spec.mtls is STRICT or PERMISSIVE) but this sidecar has no "
+                "identity: give it --identity-dir (pymesh ca issue) or run it under pymesh up"
+            )
         out_router = OutboundRouter(
-            mesh, source_namespace=self.namespace, pools=self.pools, filters=self._route_filters
+            mesh,
+            source_namespace=self.namespace,
+            pools=self.pools,
+            filters=self._route_filters,
+            tls=self._tls_origin(mesh),
         )
+        authz = InboundAuthz.compile(mesh, resource)
+        metrics = self.metrics
+
+        def inbound_filters(service: Resource, port: ServicePort) -> list[HttpFilter]:
+            user = self._route_filters(service, port)
+            if not authz.active:
+                return user
+            proto = "grpc" if port.protocol == "grpc" else "http"
+            return [AuthzFilter(authz, port.port, metrics, proto), *user]
+
         in_router = InboundRouter(
-            mesh, resource, self.apps, pools=self.pools, filters=self._route_filters
+            mesh, resource, self.apps, pools=self.pools, filters=inbound_filters
         )
         self._outbound_router, self._inbound_router = out_router, in_router
         out_obs, out_tcp_obs = self._observers("source", "outbound")
@@ -226,10 +329,18 @@ class Sidecar:
         tcp = TcpSettings(
             listener="inbound",
             pick=tcp_route.cluster.pick if tcp_route else (lambda: None),
+            picks={r.port.port: r.cluster.pick for r in in_router.routes},
             destination_service=tcp_route.host if tcp_route else "unknown",
+            filters=(
+                [AuthzNetworkFilter(authz, tcp_route.port.port if tcp_route else None, metrics)]
+                if authz.active
+                else []
+            ),
             observers=in_tcp_obs,
             connect_timeout=self.connect_timeout,
         )
+        self._inbound_tls_settings = self._inbound_tls(mesh, resource)
+        self.authz = authz
         self.metrics.config_version_info.set((mesh.version,), 1.0)
         return outbound, inbound, tcp
 
@@ -243,6 +354,8 @@ class Sidecar:
             self._inbound_state.settings = inbound
         if self._tcp_state is not None:
             self._tcp_state.update(tcp)
+        if self._tls_state is not None and self._inbound_tls_settings is not None:
+            self._tls_state.settings = self._inbound_tls_settings
         if old != mesh.version:
             self.metrics.config_version_info.remove((old,))
         self.mesh = mesh
@@ -250,7 +363,12 @@ class Sidecar:
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
-        """Bind every listener; the sidecar is ready when this returns."""
+        """Load the identity, bind every listener; the sidecar is ready when this returns."""
+        if self.identity_source is not None:
+            await self.identity_source.load(self.credentials)
+            self._identity_task = spawn(
+                self.identity_source.maintain(self.credentials), name="identity"
+            )
         outbound, inbound, tcp = self._compile(self.mesh)
         protocols = {p.protocol for p in self.resource.spec.ports} or {None}
         want_out = self._want["outbound"]
@@ -275,18 +393,7 @@ class Sidecar:
             self._inbound_state, self._tcp_state = istate, tstate
             if istate is not None:
                 self._http_states.append(istate)
-            if istate is not None and tstate is None and protocols == {"http"}:
-                factory: Any = make_protocol_factory(istate)  # HTTP/1.1 only: no sniffing
-            elif tstate is not None and istate is None:
-                ts = tstate
-
-                def factory() -> asyncio.Protocol:
-                    return L4Accept(ts)
-            else:
-
-                def factory() -> asyncio.Protocol:
-                    return Detect(istate, tstate)
-
+            factory = self._inbound_factory(istate, tstate, protocols)
             srv = await serve(*want_in, factory)
             self._servers.append(srv)
             self.addresses["inbound"] = bound_address(srv)
@@ -304,6 +411,25 @@ class Sidecar:
             version=self.mesh.version,
             **{k: f"{h}:{p}" for k, (h, p) in self.addresses.items()},
         )
+
+    def _inbound_factory(
+        self,
+        istate: ListenerState | None,
+        tstate: TcpState | None,
+        protocols: set[str | None],
+    ) -> Callable[[], asyncio.Protocol]:
+        """The inbound listener's entry protocol: mTLS (with detection), HTTP/1.1 only, L4
+        only, or detection."""
+        tls_settings = self._inbound_tls_settings
+        if tls_settings is not None:
+            tls_state = self._tls_state = TlsState(tls_settings)
+            return lambda: Detect(istate, tstate, tls=tls_state)
+        if istate is not None and tstate is None and protocols == {"http"}:
+            return make_protocol_factory(istate)  # HTTP/1.1 only: no sniffing
+        if tstate is not None and istate is None:
+            ts = tstate
+            return lambda: L4Accept(ts)
+        return lambda: Detect(istate, tstate)
 
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish (up to the deadline), close all."""
@@ -323,6 +449,9 @@ class Sidecar:
                 if c.transport is not None:
                     c.transport.abort()
         self.pools.close()
+        if self._identity_task is not None:
+            self._identity_task.cancel()
+            self._identity_task = None
         for srv in self._servers:
             try:
                 async with asyncio.timeout(1.0):
@@ -376,6 +505,9 @@ class Sidecar:
         async def clusters(_: AdminRequest) -> AdminResponse:
             return json_response(self.clusters_dump())
 
+        async def certs(_: AdminRequest) -> AdminResponse:
+            return json_response(self.certs_dump())
+
         async def drain(_: AdminRequest) -> AdminResponse:
             self.draining = True
             self.ready = False
@@ -393,8 +525,21 @@ class Sidecar:
             ("GET", "/metrics"): metrics,
             ("GET", "/config_dump"): config_dump,
             ("GET", "/clusters"): clusters,
+            ("GET", "/certs"): certs,
             ("POST", "/drain"): drain,
             ("POST", "/shutdown"): shutdown,
+        }
+
+    def certs_dump(self) -> dict[str, Any]:
+        """The workload certificate in use and the trust bundle (`/certs`)."""
+        ident = self.credentials.identity
+        if ident is None:
+            return {"identity": None, "mtls": "DISABLE", "certificates": []}
+        return {
+            "identity": str(ident.spiffe_id),
+            "certificates": [ident.to_dict()],
+            "trust_bundle": ident.bundle_dict() if hasattr(ident, "bundle_dict") else None,
+            "rotations": self.credentials.generation,
         }
 
     def clusters_dump(self) -> dict[str, Any]:
@@ -464,6 +609,16 @@ def run(
     """
     mesh = config if isinstance(config, Mesh) else Mesh.load(config)
     sidecar_kw = dict(listeners)
+    identity_dir = sidecar_kw.pop("identity_dir", None)
+    if identity_dir is not None:
+        sidecar_kw["identity"] = DirSource(identity_dir)
+    elif "identity" not in sidecar_kw and os.environ.get(URL_ENV):
+        # Started by `pymesh up`: ask its CA (the token names this service's identity).
+        ns, name = _split_service(service)
+        resource = mesh.service(name, ns)
+        if resource is not None:
+            signer = http_signer(os.environ[URL_ENV], os.environ.get(TOKEN_ENV, ""))
+            sidecar_kw["identity"] = CsrSource(mesh.spiffe_id(resource), signer)
 
     async def main() -> int:
         return await _run_sidecar(Sidecar(mesh, service, filters=filters, **sidecar_kw))
@@ -502,5 +657,6 @@ def proxy_main(args: argparse.Namespace) -> int:
         http1_codec=args.http1_codec,
         access_log=not args.no_access_log,
         drain_timeout=args.drain_timeout,
+        identity_dir=args.identity_dir,
         **kw,
     )

@@ -83,6 +83,7 @@ class MetricsObserver:
             str(status),
             ctx.response_flags,
             ctx.grpc_status,
+            ctx.connection_security_policy,
         )
         bound = self._cache.get(key)
         if bound is None:
@@ -92,7 +93,7 @@ class MetricsObserver:
                 key[4],
                 key[6],
                 key[5],
-                "none",
+                key[7],
             )
             m = self.m
             bound = (
@@ -155,6 +156,8 @@ class AccessLog:
             destination_service=ctx.destination_service,
             source_principal=ctx.source_principal,
             downstream_remote_address=ctx.downstream_addr,
+            connection_security_policy=ctx.connection_security_policy,
+            authz=ctx.authz,
             request_id=ctx.request_id,
             user_agent=ua.decode("latin-1") if ua else "",
         )
