@@ -243,7 +243,8 @@ def _add_explain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="would the mesh allow this call? (ALLOW/DENY and the rule that decided)",
         description="Evaluate the authorization policy (SMI TrafficTarget) for one request or "
         "TCP connection. Prints ALLOW or DENY first, then the TrafficTarget and route match "
-        "that decided it (or what is missing). Exits 0 either way; 1 on a config error.",
+        "that decided it (or what is missing). Exits 0 either way; 1 on a config error, 2 on a "
+        "bad argument (unknown service, bad --header, a PATH without a METHOD).",
         epilog=_EPILOG_EXPLAIN,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -253,7 +254,7 @@ def _add_explain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         dest="source",
         required=True,
         metavar="SOURCE",
-        help="a Service (NAME or NS/NAME), or a SPIFFE ID",
+        help="a Service (NAME or NS/NAME), a SPIFFE ID, or - for an unauthenticated client",
     )
     p.add_argument("--to", dest="destination", required=True, metavar="SERVICE")
     p.add_argument(

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 from tests.helpers import Backend, Client, raw_exchange
 
 from pymesh.policy.model import Endpoint, MeshSpec, ServicePort, ServiceSpec
@@ -178,8 +179,11 @@ async def test_plaintext_to_a_strict_port_is_refused(
     ca: CertificateAuthority, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async with Backend() as app, api_sidecar(ca, app) as api:
-        out = await raw_exchange(api.inbound_address, b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+        with capture_logs() as logs:
+            out = await raw_exchange(api.inbound_address, b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
         assert out == b""  # closed, nothing forwarded
+        (line,) = [e for e in logs if e["event"] == "plaintext_refused"]
+        assert "STRICT" in line["detail"] and line["detected"] == "http1"
         assert not app.requests
         assert 'reason="plaintext"' in api.registry.render().decode()
 
@@ -238,7 +242,10 @@ async def test_bad_client_certificates_get_a_tls_alert(
             cert = CertificateAuthority.create(TD).issue(sid("web"), 3600)
         else:
             cert = ca.issue(sid("web"), 60, not_before=datetime.now(UTC) - timedelta(hours=2))
-        out = await _tls_get(api.inbound_address, _client_ctx(cert, ca.bundle_pem()))
+        with capture_logs() as logs:
+            out = await _tls_get(api.inbound_address, _client_ctx(cert, ca.bundle_pem()))
+        (line,) = [e for e in logs if e["event"] == "mtls_handshake_failed"]
+        assert line["reason"] == reason and line["peer"].startswith("127.0.0.1:")
         # The client learns why: the server's TLS alert, not a bare reset.
         assert b"ALERT" in out.upper() or b"alert" in out, out
         assert not app.requests
@@ -266,9 +273,14 @@ async def test_the_outbound_side_refuses_a_server_with_the_wrong_identity(
         async with impostor as fake, web_sidecar(ca, fake.inbound_address) as web:
             client = await Client.connect(web.outbound_address)
             try:
-                reply = await client.request("GET", "/", [("host", "api")])
+                with capture_logs() as logs:
+                    reply = await client.request("GET", "/", [("host", "api")])
             finally:
                 await client.close()
+        (line,) = [e for e in logs if e["event"] == "tls_upstream_refused"]
+        assert (
+            f"server identity {sid('impostor')} is not the expected {sid('api')}" in line["error"]
+        )
         assert reply.status == 502
         assert reply.header(b"x-pymesh-error") == b"upstream_connect_failed"
         assert not app.requests
@@ -301,3 +313,33 @@ async def test_a_strict_mesh_without_an_identity_does_not_start(
     with pytest.raises(ValueError, match="no identity"):
         async with _sidecar(build_mesh(("127.0.0.1", 1)), "web", None):
             pass
+
+
+async def test_a_certificate_breaking_svid_rules_is_closed_after_the_handshake(
+    ca: CertificateAuthority,
+) -> None:
+    """OpenSSL accepts a leaf with two URI SANs (it chains to the bundle); pymesh does not."""
+    from cryptography import x509
+
+    from pymesh.tls.ca import svid_extensions
+
+    exts = [
+        (
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(sid(n)) for n in ("a", "b")]
+            ),
+            c,
+        )
+        if isinstance(e, x509.SubjectAlternativeName)
+        else (e, c)
+        for e, c in svid_extensions(sid("a"))
+    ]
+    cert = ca.issue_custom(extensions=exts)
+    async with Backend() as app, api_sidecar(ca, app) as api:
+        with capture_logs() as logs:
+            out = await _tls_get(api.inbound_address, _client_ctx(cert, ca.bundle_pem()))
+        assert not out.startswith(b"HTTP")
+        assert not app.requests
+        (line,) = [e for e in logs if e["event"] == "mtls_peer_refused"]
+        assert line["reason"] == "uri_san_count"
+        assert 'reason="uri_san_count"' in api.registry.render().decode()

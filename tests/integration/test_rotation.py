@@ -126,3 +126,44 @@ async def test_identity_dir_is_reloaded_when_the_files_change(tmp_path: Path) ->
             assert after != before
             assert api.credentials.identity is not None
             assert api.credentials.identity.serial == after
+
+
+async def test_certs_endpoint_metric_and_expiry_warning() -> None:
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from structlog.testing import capture_logs
+
+    from pymesh.control.up import http_get
+    from pymesh.tls.identity import Identity
+
+    ca = CertificateAuthority.create(TD)
+    # 60 minutes of life, 50 of them gone: under a fifth left, so the sidecar warns.
+    chain, key = ca.issue(sid("api"), 3600, not_before=datetime.now(UTC) - timedelta(minutes=50))
+    identity = Identity.from_pem(chain, key, ca.bundle_pem())
+    with capture_logs() as logs:
+        async with Sidecar(
+            build_mesh(("127.0.0.1", 1)),
+            "api",
+            inbound=("127.0.0.1", 0),
+            outbound=None,
+            admin=("127.0.0.1", 0),
+            access_log=False,
+            identity=identity,
+        ) as api:
+            await asyncio.sleep(0.05)  # the identity task's first check
+            status, body = await http_get(api.admin_address, "/certs")
+            _, metrics = await http_get(api.admin_address, "/metrics")
+    assert status == 200
+    certs = json.loads(body)
+    assert certs["identity"] == sid("api")
+    (cert,) = certs["certificates"]
+    assert int(cert["serial"], 16) == identity.serial
+    assert cert["not_after"].startswith(identity.not_after.strftime("%Y-%m-%dT%H:%M"))
+    assert (
+        f'pymesh_certificate_expiry_timestamp_seconds{{identity="{sid("api")}",'
+        f'serial="{identity.serial:x}"}}'
+    ) in metrics.decode()
+    warnings = [e for e in logs if e["event"] == "certificate_expiring"]
+    assert warnings and warnings[0]["identity"] == sid("api")
+    assert 0 < warnings[0]["seconds_left"] <= 600

@@ -227,6 +227,19 @@ def test_up_prints_status_lines_carries_traffic_and_stops_on_sigint() -> None:
                 rf'destination_service="{name}[."][^}}]*\}} [1-9]',
                 body.decode(),
             ), f"{name}: no destination-side requests in /metrics"
+        # Between sidecars every hop is mTLS with the caller's identity (pymesh up's CA).
+        for name, caller in (("orders", "web"), ("inventory", "orders")):
+            admin = _addr(by_name[name]["admin"])
+            metrics = get(admin, "/metrics", "admin")[2].decode()
+            assert re.search(
+                rf'istio_requests_total\{{[^}}]*source_principal="spiffe://shop.local/ns/'
+                rf'default/sa/{caller}"[^}}]*connection_security_policy="mutual_tls"',
+                metrics,
+            ), f"{name}: no mTLS requests from {caller}"
+            status, _, body = get(admin, "/certs", "admin")
+            certs = json.loads(body)
+            assert status == 200
+            assert certs["identity"] == f"spiffe://shop.local/ns/default/sa/{name}"
 
         kids = children_of(up.proc.pid)
         assert len(kids) == 6  # three sidecars, three apps

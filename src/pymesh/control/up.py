@@ -51,6 +51,7 @@ import yaml
 
 from pymesh.control.casign import TOKEN_ENV, URL_ENV, SigningServer
 from pymesh.errors import ConfigError, FieldError, PymeshError
+from pymesh.observe.log import configure_logging
 from pymesh.policy.model import DEFAULT_NAMESPACE, Resource, ServiceSpec
 from pymesh.policy.snapshot import Mesh
 from pymesh.runtime import LoopName, install_signal_handlers, run_loop
@@ -772,6 +773,8 @@ async def supervise(
 
 def up_main(args: argparse.Namespace) -> int:
     """`pymesh up FILE_OR_DIR [--json] [--host H] [--http1-codec C] [--loop L]`."""
+    # stdout carries the status lines (a contract); the CA's own log lines go to stderr.
+    configure_logging("warning")
     mesh = LocalMesh(args.config, host=args.host, http1_codec=args.http1_codec, loop=args.loop)
     json_lines: bool = args.json
 

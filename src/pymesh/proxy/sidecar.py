@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, final
 
 import structlog
+from cryptography.hazmat.primitives import hashes
 
 from pymesh.control.casign import TOKEN_ENV, URL_ENV, http_signer
 from pymesh.errors import ConfigError
@@ -74,7 +75,7 @@ from pymesh.tls.credentials import (
     IdentitySource,
     StaticSource,
 )
-from pymesh.tls.identity import Identity
+from pymesh.tls.identity import Identity, format_time, load_certificates
 
 __all__ = ["Sidecar", "parse_address", "parse_apps", "proxy_main", "run"]
 
@@ -538,7 +539,14 @@ class Sidecar:
         return {
             "identity": str(ident.spiffe_id),
             "certificates": [ident.to_dict()],
-            "trust_bundle": ident.bundle_dict() if hasattr(ident, "bundle_dict") else None,
+            "trust_bundle": [
+                {
+                    "subject": c.subject.rfc4514_string(),
+                    "not_after": format_time(c.not_valid_after_utc),
+                    "sha256": c.fingerprint(hashes.SHA256()).hex(),
+                }
+                for c in load_certificates(ident.bundle_pem, "trust bundle")
+            ],
             "rotations": self.credentials.generation,
         }
 

@@ -14,6 +14,7 @@ in the access-log line (`authz`), and every decision is counted in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import final
 
 import structlog
@@ -40,7 +41,7 @@ def _record(
     decision: Decision,
     protocol: str,
     source: str | None,
-    what: str,
+    what: Callable[[], str],
 ) -> bool:
     """Log and count one decision; True when the traffic may pass."""
     if decision.allowed:
@@ -56,7 +57,7 @@ def _record(
         decision=verdict,
         source_principal=source or "unauthenticated",
         destination=authz.destination,
-        request=what,
+        request=what(),
         reason=decision.reason,
     )
     return audit
@@ -83,7 +84,10 @@ class AuthzFilter:
             source, self.port, request.method, request.target, request.headers
         )
         ctx.authz = d.rule or d.reason
-        what = f"{request.method.decode('latin-1')} {request.target.decode('latin-1')}"
+
+        def what() -> str:
+            return f"{request.method.decode('latin-1')} {request.target.decode('latin-1')}"
+
         if not _record(self.authz, self.metrics, d, self.protocol, source, what):
             raise Unauthorized(d.reason)
         return await call_next(request)
@@ -106,7 +110,7 @@ class AuthzNetworkFilter:
         source = _source(conn.source_principal, conn.connection_security_policy)
         port = conn.port if conn.port is not None else self.default_port
         d = self.authz.check_tcp(source, port or 0)
-        if not _record(self.authz, self.metrics, d, "tcp", source, f"tcp port {port}"):
+        if not _record(self.authz, self.metrics, d, "tcp", source, lambda: f"tcp port {port}"):
             conn.close_reason = "authz_denied"
             return
         await call_next(conn)
