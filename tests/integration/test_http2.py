@@ -11,7 +11,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import pytest
-from tests.helpers import Backend, mesh_for, sidecar
+from tests.helpers import Backend, BackendRequest, mesh_for, sidecar
 
 
 def _curl(proxy: tuple[str, int], mode: str, *urls: str) -> Awaitable[asyncio.subprocess.Process]:
@@ -279,3 +279,53 @@ async def test_curl_upgrade_h2c() -> None:
     assert b"GET /up len=0" in out
     assert out.endswith(b"GET /again len=0")  # the second request rode the same h2 connection
     assert app.requests[0].header(b"http2-settings") is None
+
+
+async def test_idle_streams_time_out_with_the_right_status() -> None:
+    """A stream with no frame either way for `stream_idle_timeout`: 504 while its answer is
+    awaited, 408 while its request body is; the connection and other streams go on."""
+
+    async def slow(req: BackendRequest) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        await asyncio.sleep(2.0 if req.target == b"/slow" else 0)
+        return 200, [], b"ok"
+
+    async with Backend(handler=slow) as app:
+        mesh = mesh_for({"orders": ([(8080, "http")], [app.address])})
+        async with sidecar(mesh, "orders", app=app.address, stream_idle_timeout=0.4) as sc:
+            r, w = await asyncio.open_connection(*sc.outbound_address)
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            head = [(":scheme", "http"), (":authority", "orders:8080")]
+            conn.send_headers(1, [(":method", "GET"), (":path", "/slow"), *head], end_stream=True)
+            conn.send_headers(3, [(":method", "POST"), (":path", "/upload"), *head])  # no body
+            w.write(conn.data_to_send())
+            await w.drain()
+            statuses: dict[int, tuple[int, bytes]] = {}
+            started = asyncio.get_running_loop().time()
+            async with asyncio.timeout(5):
+                while len(statuses) < 2:
+                    data = await r.read(65536)
+                    assert data
+                    for ev in conn.receive_data(data):
+                        if isinstance(ev, h2.events.ResponseReceived):
+                            h = dict(ev.headers)
+                            statuses[ev.stream_id] = (
+                                int(h[b":status"]),
+                                h.get(b"x-pymesh-error", b""),
+                            )
+                    w.write(conn.data_to_send())
+            elapsed = asyncio.get_running_loop().time() - started
+            # The connection is still usable.
+            conn.send_headers(5, [(":method", "GET"), (":path", "/fast"), *head], end_stream=True)
+            w.write(conn.data_to_send())
+            await w.drain()
+            fast = None
+            async with asyncio.timeout(5):
+                while fast is None:
+                    for ev in conn.receive_data(await r.read(65536)):
+                        if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == 5:
+                            fast = int(dict(ev.headers)[b":status"])
+            w.close()
+    assert statuses == {1: (504, b"upstream_timeout"), 3: (408, b"request_timeout")}
+    assert 0.4 <= elapsed < 1.9
+    assert fast == 200

@@ -100,6 +100,7 @@ class HttpSettings:
     tcp_observers: Sequence[TcpObserver] = ()
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
+    stream_idle_timeout: float = 300.0  # HTTP/2: a stream with no frame either way (Envoy's)
     connect_timeout: float = 5.0
     allow_connect: bool = False
     max_connections: int = 16384  # beyond this, new connections are closed at accept

@@ -24,7 +24,7 @@ from typing import final
 
 import structlog
 
-from pymesh.errors import ProxyError, RemoteProtocolError, UpstreamTimeout
+from pymesh.errors import ProxyError, RemoteProtocolError, RequestTimeout, UpstreamTimeout
 from pymesh.proxy.events import RequestHead
 from pymesh.proxy.h2shell import FlowStream, H2Shell
 from pymesh.proxy.hcm import HOP_BY_HOP, ListenerState, forward_headers
@@ -56,13 +56,29 @@ _NO_BODY_STATUS = frozenset({204, 304})
 
 @final
 class _Stream(FlowStream):
-    __slots__ = ("grpc", "request", "task")
+    __slots__ = (
+        "activity",
+        "expired_status",
+        "grpc",
+        "idle_checks",
+        "last_seen",
+        "request",
+        "responding",
+        "task",
+    )
 
     def __init__(self, stream_id: int, request: Request, grpc: bool) -> None:
         super().__init__(stream_id)
         self.request = request
         self.grpc = grpc
         self.task: asyncio.Task[None] | None = None
+        self.responding = False  # response headers sent
+        # Stream idle timeout, without a clock read per frame: `activity` counts frames both
+        # ways; the connection's timer compares it with `last_seen` every half timeout.
+        self.activity = 0
+        self.last_seen = 0
+        self.idle_checks = 0
+        self.expired_status = 0  # the status of the local reply a stream timeout sent
 
 
 @final
@@ -110,7 +126,10 @@ class H2ServerConnection(H2Shell):
         self.state.connections.add(self)
         loop = asyncio.get_running_loop()
         self._last_active = loop.time()
-        self._idle_timer = loop.call_later(self.state.settings.idle_timeout, self._check_idle)
+        settings = self.state.settings
+        self._idle_timer = loop.call_later(
+            min(settings.idle_timeout, settings.stream_idle_timeout / 2), self._check_idle
+        )
         self.send()  # our SETTINGS
         if self._initial:
             data, self._initial = self._initial, b""
@@ -122,18 +141,61 @@ class H2ServerConnection(H2Shell):
         if self.closed:
             return
         loop = asyncio.get_running_loop()
-        timeout = self.state.settings.idle_timeout
+        settings = self.state.settings
+        timeout = settings.idle_timeout
         now = loop.time()
         due = self._last_active + timeout
+        if self.streams:
+            self._check_streams()
         if self.streams or now < due:
             # busy, or active since: look again later (no timer work per request)
+            # (at least every half stream timeout: a stream may start at any moment)
+            step = now + min(timeout, settings.stream_idle_timeout / 2)
             self._idle_timer = loop.call_at(
-                now + timeout if self.streams else due, self._check_idle
+                step if self.streams else min(due, step), self._check_idle
             )
             return
         self.codec.close()
         self.send()
         self.close()
+
+    def _check_streams(self) -> None:
+        """Stream idle timeout: a stream with no frame either way for two checks in a row
+        (`stream_idle_timeout`, checked every half of it) is ended: 408 if the request is
+        still coming, 504 if its answer is, a reset if the answer has started."""
+        for s in list(self.streams.values()):
+            if s.activity != s.last_seen:
+                s.last_seen, s.idle_checks = s.activity, 0
+                continue
+            s.idle_checks += 1
+            if s.idle_checks >= 2:
+                self._expire(s)
+
+    def _expire(self, s: _Stream) -> None:
+        ctx = s.request.context
+        timeout = self.state.settings.stream_idle_timeout
+        self.streams.pop(s.id, None)
+        _log.info("h2_stream_idle_timeout", peer=self.peer, stream=s.id, timeout_s=timeout)
+        if s.responding:
+            ctx.response_flags = "stream_idle_timeout"
+            self.codec.reset_stream(s.id)
+            self.send()
+        else:
+            waiting_for_request = s.body is not None and not s.body.eof
+            exc: ProxyError = (
+                RequestTimeout(f"no request data for {timeout:g} s")
+                if waiting_for_request
+                else UpstreamTimeout(f"no response for {timeout:g} s")
+            )
+            ctx.response_flags = exc.code
+            s.expired_status = 200 if s.grpc else exc.http_status
+            if s.grpc:
+                ctx.grpc_status = str(grpc_status_for(exc.code))
+            self._local_reply(s.id, exc, s.grpc)
+        if s.body is not None:
+            s.body.abort(TimeoutError("stream idle timeout"))
+        if s.task is not None and not s.task.done():
+            s.task.cancel()
 
     def data_received(self, data: bytes) -> None:
         now = asyncio.get_running_loop().time()
@@ -141,7 +203,10 @@ class H2ServerConnection(H2Shell):
         events = self.codec.receive_data(data, now)
         for ev in events:
             if isinstance(ev, StreamData):
-                self.receive_body(self.streams.get(ev.stream_id), ev)
+                st = self.streams.get(ev.stream_id)
+                if st is not None:
+                    st.activity += 1
+                self.receive_body(st, ev)
             elif isinstance(ev, StreamHeaders):
                 self._on_headers(ev)
             elif isinstance(ev, StreamEnded):
@@ -317,6 +382,7 @@ class H2ServerConnection(H2Shell):
             status = response.status
             await self._respond(stream, response)
         except asyncio.CancelledError:
+            status = status or stream.expired_status
             if ctx.response_flags == "-":
                 ctx.response_flags = "downstream_reset"
             if response is not None and response.release is not None:
@@ -364,12 +430,14 @@ class H2ServerConnection(H2Shell):
                 response.release(True)
             return
         codec.send_headers(sid, headers)
+        stream.responding = True
         self.send()
         sent = 0
         while True:
             data = await body.read()
             if not data:
                 break
+            stream.activity += 1
             sent += len(data)
             while data:
                 n = codec.send_data(sid, data)

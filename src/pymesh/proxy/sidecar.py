@@ -135,6 +135,7 @@ class Sidecar:
         drain_timeout: float = 15.0,
         header_timeout: float = 10.0,
         idle_timeout: float = 60.0,
+        stream_idle_timeout: float = 300.0,
         connect_timeout: float = 5.0,
         limits: Limits | None = None,
         identity: Identity | IdentitySource | None = None,
@@ -163,6 +164,7 @@ class Sidecar:
         self.drain_timeout = drain_timeout
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
+        self.stream_idle_timeout = stream_idle_timeout
         self.connect_timeout = connect_timeout
         self.limits = limits or Limits()
         self.registry = MetricsRegistry()
@@ -308,6 +310,7 @@ class Sidecar:
             "limits": self.limits,
             "header_timeout": self.header_timeout,
             "idle_timeout": self.idle_timeout,
+            "stream_idle_timeout": self.stream_idle_timeout,
             "connect_timeout": self.connect_timeout,
         }
         outbound = HttpSettings(
