@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
-from typing import Final, final
+from typing import Final, Protocol, final
 
 from pymesh.errors import PeerVerificationError
 from pymesh.policy.model import MtlsMode, Resource
@@ -28,6 +28,7 @@ from pymesh.tls.credentials import Alpn, Credentials
 from pymesh.tls.svid import validate_svid
 
 __all__ = [
+    "ClientCredentials",
     "TlsOrigin",
     "accept_peer",
     "inbound_mode",
@@ -78,12 +79,22 @@ def _peer_id(layer: TlsLayer, trust_domain: str | None) -> str:
     return str(validate_svid(der, trust_domains=domains))
 
 
+class ClientCredentials(Protocol):
+    """What originating TLS needs: client contexts and the trust domain peers must be in
+    (`Credentials`, or a bootstrap trust without a client certificate)."""
+
+    @property
+    def trust_domain(self) -> str | None: ...
+
+    def client(self, alpn: Alpn) -> ssl.SSLContext: ...
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class TlsOrigin:
     """How to originate mTLS to one destination service port."""
 
-    credentials: Credentials
+    credentials: ClientCredentials
     sni: str
     expected: str  # the destination's SPIFFE ID
 

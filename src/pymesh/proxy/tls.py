@@ -9,7 +9,11 @@ instead of `loop.start_tls()` or `create_server(ssl=...)`, for three reasons (DE
   cannot replay bytes already read; here they are simply written into the incoming BIO;
 - asyncio and uvloop close a refused handshake without flushing the TLS alert, so a client
   without a certificate, with an unknown CA or an expired one sees a bare reset; here the alert
-  OpenSSL wrote is sent before the socket closes;
+  OpenSSL wrote is sent before the socket closes — and the socket then lingers (reading and
+  discarding, `ALERT_LINGER_S` at most) until the peer closes: a TLS 1.3 client has finished
+  its handshake and already sends application data, and closing a socket with unread bytes
+  makes the kernel send a RST, which can reach the client before it reads the alert (curl:
+  "Connection reset by peer" instead of "alert certificate required");
 - the peer's SPIFFE identity must be checked after the handshake and before any byte is
   forwarded: `on_ready` runs first, and application data is only read once it has accepted.
 
@@ -30,6 +34,10 @@ __all__ = ["HANDSHAKE_TIMEOUT_S", "PLAINTEXT", "Security", "TlsLayer", "security
 
 HANDSHAKE_TIMEOUT_S: Final = 10.0
 """How long a TLS handshake may take before the connection is closed."""
+
+ALERT_LINGER_S: Final = 1.0
+"""After a failed handshake's alert, how long the socket stays open (reading and discarding)
+for the peer to read the alert and close first."""
 
 _READ_SIZE: Final = 256 * 1024
 _log = structlog.get_logger("pymesh.tls")
@@ -76,6 +84,7 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         "_app",
         "_eof",
         "_in",
+        "_in_eof",
         "_on_fail",
         "_on_ready",
         "_out",
@@ -115,6 +124,7 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         self._state = _HANDSHAKE
         self._paused = False
         self._eof = False
+        self._in_eof = False  # the peer sent EOF (TCP FIN)
         self._read_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self.timeout = timeout
@@ -140,14 +150,19 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
             self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
-        self._in.write(data)
         state = self._state
+        if state == _CLOSED:
+            return  # lingering after an alert: discard
+        self._in.write(data)
         if state == _OPEN:
             self._read()
         elif state == _HANDSHAKE:
             self._handshake()
 
     def eof_received(self) -> bool:
+        if self._state == _CLOSED:
+            return False  # the peer closed after our alert: close now
+        self._in_eof = True
         self._in.write_eof()
         if self._state == _HANDSHAKE:
             self._handshake()  # fails with an EOF error: reported through on_fail
@@ -184,8 +199,8 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
             self._flush()
             return
         except (ssl.SSLError, OSError) as exc:
-            self._flush()  # the alert OpenSSL wrote goes out before the close
-            self._fail(exc)
+            alert = self._flush()  # the alert OpenSSL wrote goes out before the close
+            self._fail(exc, linger=alert)
             return
         self._flush()
         self._cancel_timer()
@@ -195,13 +210,18 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         if self._state == _OPEN and not self.closing:
             self._read()
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException, *, linger: bool = False) -> None:
         self._cancel_timer()
         self._state = _CLOSED
         self.closing = True
         raw = self.raw
-        if raw is not None:
-            raw.close()  # close() flushes the alert first
+        if raw is not None and not raw.is_closing():
+            if linger and not self._in_eof:
+                # Keep reading (and discarding) so the close is a FIN after the alert, not a
+                # RST that could overtake it; close when the peer does or the linger ends.
+                self._timer = asyncio.get_running_loop().call_later(ALERT_LINGER_S, raw.close)
+            else:
+                raw.close()  # close() flushes the alert first
         self._on_fail(self, exc)
 
     def _on_timeout(self) -> None:
@@ -262,11 +282,14 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
             self._read()
 
     # -- application data out -----------------------------------------------------------
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
+        """Send what OpenSSL wrote; True if there was something to send."""
         data = self._out.read()
         raw = self.raw
         if data and raw is not None and not raw.is_closing():
             raw.write(data)
+            return True
+        return False
 
     def _peer(self) -> str:
         raw = self.raw

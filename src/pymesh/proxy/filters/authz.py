@@ -89,7 +89,9 @@ class AuthzFilter:
             return f"{request.method.decode('latin-1')} {request.target.decode('latin-1')}"
 
         if not _record(self.authz, self.metrics, d, self.protocol, source, what):
-            raise Unauthorized(d.reason)
+            # The caller learns only that it was denied: the reason (which TrafficTarget,
+            # which routes) describes the policy, so it goes to the log, not to the client.
+            raise Unauthorized("access denied by the destination's TrafficTarget policy")
         return await call_next(request)
 
 
