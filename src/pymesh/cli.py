@@ -63,8 +63,19 @@ def _add_proxy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--config",
         metavar="FILE_OR_DIR",
         action="append",
-        required=True,
-        help="mesh config (repeatable)",
+        help="mesh config (repeatable); or use --control-plane",
+    )
+    p.add_argument(
+        "--control-plane",
+        metavar="URL",
+        action="append",
+        default=[],
+        help="https://HOST:PORT of a control plane (repeatable: replicas); needs --token-file",
+    )
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="bootstrap token from 'pymesh control-plane token' (with --control-plane)",
     )
     p.add_argument(
         "--service",
@@ -186,6 +197,70 @@ _EPILOG_EXPLAIN = """examples:
 """
 
 
+_EPILOG_CP = """examples:
+  pymesh control-plane init --state-dir /var/lib/pymesh --trust-domain shop.local
+  pymesh control-plane token --state-dir /var/lib/pymesh --service orders --ttl 1h > orders.token
+  pymesh control-plane --config mesh/ --listen 0.0.0.0:15010 --state-dir /var/lib/pymesh
+  pymesh control-plane --config mesh/ --listen 0.0.0.0:15010 --state-dir /var/lib/pymesh \\
+      --store etcd://10.0.0.5:2379
+  # then, on each host:
+  pymesh proxy --control-plane https://cp:15010 --service orders --token-file orders.token
+"""
+
+
+def _add_control_plane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "control-plane",
+        help="serve config and certificates to sidecars (init, token, or run)",
+        description="Run a control plane: watch the config, validate every change, stream each "
+        "sidecar its view over HTTP/2 + TLS, sign workload CSRs. 'init' creates the state "
+        "directory (CA, token-signing key); 'token' prints a sidecar's bootstrap token.",
+        epilog=_EPILOG_CP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="FILE_OR_DIR", action="append", help="mesh config")
+    p.add_argument(
+        "--listen",
+        default="0.0.0.0:15010",
+        metavar="HOST:PORT",
+        help="where sidecars connect (default %(default)s)",
+    )
+    p.add_argument("--state-dir", metavar="DIR", help="from 'pymesh control-plane init'")
+    p.add_argument(
+        "--store",
+        default="memory://",
+        metavar="URL",
+        help="memory:// (default) or etcd://HOST:PORT (several replicas, one mesh)",
+    )
+    p.add_argument(
+        "--admin",
+        default="127.0.0.1:15011",
+        metavar="HOST:PORT",
+        help="admin endpoint: /ready /metrics /config_dump (default %(default)s)",
+    )
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    cp = p.add_subparsers(dest="cp_command", metavar="SUBCOMMAND")
+    init = cp.add_parser(
+        "init",
+        help="create the state directory: CA and token-signing key (mode 0600)",
+        epilog=_EPILOG_CP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    init.add_argument("--state-dir", required=True, metavar="DIR", dest="init_state_dir")
+    init.add_argument("--trust-domain", required=True, metavar="TD")
+    token = cp.add_parser(
+        "token",
+        help="print a bootstrap token for one service (offline)",
+        epilog=_EPILOG_CP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    token.add_argument("--state-dir", required=True, metavar="DIR", dest="token_state_dir")
+    token.add_argument("--service", required=True, metavar="NAME", help="NAME or NAMESPACE/NAME")
+    token.add_argument(
+        "--ttl", default="24h", metavar="DURATION", help="validity (default %(default)s)"
+    )
+
+
 def _add_ca(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "ca",
@@ -286,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_proxy(sub)
     _add_up(sub)
     _add_demo(sub)
+    _add_control_plane(sub)
     _add_ca(sub)
     _add_explain(sub)
     return parser
@@ -311,6 +387,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pymesh.control.demo import demo_main
 
         return demo_main(args)
+    if command == "control-plane":
+        from pymesh.control.main import control_plane_main
+
+        return control_plane_main(args)
     if command == "ca":
         from pymesh.tls.cli import ca_main
 

@@ -103,10 +103,8 @@ async def test_smi_l7_example_is_enforced(example: Path, ca: CertificateAuthorit
         for who, method, path in denied:
             assert await call(callers[who], method, path) == (403, b"authz_denied"), (who, path)
         assert len(app.requests) == seen  # no denied request reached the app
-        assert [r.target for r in app.requests] == [b"/metrics", b"/api/orders"] + [
-            b"/api/orders",
-            b"/api/x",
-        ]
+        targets = [b"/metrics", b"/api/orders", b"/api/orders", b"/api/x"]
+        assert [r.target for r in app.requests] == targets
         # Plaintext straight to the STRICT inbound port: refused before any HTTP.
         out = await raw_exchange(api.inbound_address, b"GET /api HTTP/1.1\r\nHost: a\r\n\r\n")
         assert out == b""

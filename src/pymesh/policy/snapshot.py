@@ -38,6 +38,32 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _canonical_doc(r: Resource) -> dict[str, Any]:
+    return {
+        "apiVersion": r.api_version,
+        "kind": r.kind,
+        "name": r.name,
+        "namespace": r.namespace,
+        "spec": _jsonable(r.spec),
+    }
+
+
+_CANON: dict[int, tuple[Resource, str]] = {}
+_CANON_MAX = 50_000
+
+
+def _canonical_json(r: Resource) -> str:
+    """A resource's canonical JSON, cached by identity (resources are immutable)."""
+    hit = _CANON.get(id(r))
+    if hit is not None and hit[0] is r:
+        return hit[1]
+    text = json.dumps(_canonical_doc(r), sort_keys=True, separators=(",", ":"))
+    if len(_CANON) >= _CANON_MAX:
+        _CANON.clear()
+    _CANON[id(r)] = (r, text)
+    return text
+
+
 @final
 class Mesh:
     """A validated mesh config: every resource, the Mesh settings and the services.
@@ -60,10 +86,11 @@ class Mesh:
         self.services: Mapping[tuple[str, str], Resource] = {
             (r.namespace, r.name): r for r in self._by_kind.get("Service", ())
         }
-        digest = hashlib.sha256(
-            json.dumps(self._canonical(), sort_keys=True, separators=(",", ":")).encode()
-        ).hexdigest()
-        self.version: str = digest[:16]
+        # The same bytes as json.dumps(self._canonical(), sort_keys=True, separators=(",", ":")),
+        # built from per-resource pieces that are cached: a control plane makes a Mesh per
+        # sidecar view from resources it has already hashed.
+        text = "[" + ",".join(_canonical_json(r) for r in self.resources) + "]"
+        self.version: str = hashlib.sha256(text.encode()).hexdigest()[:16]
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -148,16 +175,7 @@ class Mesh:
         return cls(res)
 
     def _canonical(self) -> list[Any]:
-        return [
-            {
-                "apiVersion": r.api_version,
-                "kind": r.kind,
-                "name": r.name,
-                "namespace": r.namespace,
-                "spec": _jsonable(r.spec),
-            }
-            for r in self.resources
-        ]
+        return [_canonical_doc(r) for r in self.resources]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dump (`/config_dump`): version, mesh name and every resource."""

@@ -139,6 +139,7 @@ class Sidecar:
         connect_timeout: float = 5.0,
         limits: Limits | None = None,
         identity: Identity | IdentitySource | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.mesh = mesh if isinstance(mesh, Mesh) else Mesh.load(mesh)
         self.namespace, self.service_name = _split_service(service)
@@ -183,13 +184,18 @@ class Sidecar:
         self._started_at = 0.0
         self.ready = False
         self.draining = False
+        self._stopped = False
         self._inbound_router: InboundRouter | None = None
         self._outbound_router: OutboundRouter | None = None
         self.identity_source: IdentitySource | None = (
             StaticSource(identity) if isinstance(identity, Identity) else identity
         )
-        self.credentials = Credentials()
+        # Shared credentials (the control-plane client renews them), or the sidecar's own.
+        self.credentials = credentials if credentials is not None else Credentials()
         self.credentials.on_update(self._identity_updated)
+        if self.credentials.identity is not None:
+            self._identity_updated(self.credentials.identity)
+        self.control_plane: Any = None  # a ControlPlaneClient when config comes from one
         self._tls_state: TlsState | None = None
         self._inbound_tls_settings: InboundTls | None = None
         self.authz: InboundAuthz | None = None
@@ -436,7 +442,12 @@ class Sidecar:
         return lambda: Detect(istate, tstate)
 
     async def stop(self, drain_timeout: float | None = None) -> None:
-        """Stop accepting, let in-flight requests finish (up to the deadline), close all."""
+        """Stop accepting, let in-flight requests finish (up to the deadline), close all.
+
+        Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         timeout = self.drain_timeout if drain_timeout is None else drain_timeout
         self.ready = False
         self.draining = True
@@ -504,6 +515,9 @@ class Sidecar:
             dump["apps"] = {
                 str(k if k is not None else "*"): f"{h}:{p}" for k, (h, p) in self.apps.items()
             }
+            cp = self.control_plane
+            if cp is not None:
+                dump["control_plane"] = {"version": cp.version, "service": cp.service}
             return json_response(dump)
 
         async def clusters(_: AdminRequest) -> AdminResponse:
@@ -638,14 +652,11 @@ def run(
 
 
 def proxy_main(args: argparse.Namespace) -> int:
-    """`pymesh proxy`: parse the flags, load the config, run the sidecar."""
+    """`pymesh proxy`: parse the flags, load the config (or join the control plane), run."""
     configure_logging(args.log_level)
-    try:
-        mesh = Mesh.load(*args.config)
-    except ConfigError as exc:
-        for e in exc.errors:
-            print(e)
-        return 1
+    if bool(args.config) == bool(args.control_plane):
+        print("pymesh proxy: give either --config or --control-plane (with --token-file)")
+        return 2
     try:
         apps = parse_apps(args.app) or None
         kw: dict[str, Any] = {
@@ -656,18 +667,46 @@ def proxy_main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"pymesh proxy: {exc}")
         return 2
+    common: dict[str, Any] = {
+        "app": apps,
+        "http1_codec": args.http1_codec,
+        "access_log": not args.no_access_log,
+        "drain_timeout": args.drain_timeout,
+        **kw,
+    }
+    if args.control_plane:
+        return _proxy_with_control_plane(args, common)
+    try:
+        mesh = Mesh.load(*args.config)
+    except ConfigError as exc:
+        for e in exc.errors:
+            print(e)
+        return 1
     ns, name = _split_service(args.service)
     if mesh.service(name, ns) is None:
         print(f"pymesh proxy: service {ns}/{name} is not in the config")
         return 2
-    return run(
-        mesh,
-        args.service,
-        loop=args.loop,
-        app=apps,
-        http1_codec=args.http1_codec,
-        access_log=not args.no_access_log,
-        drain_timeout=args.drain_timeout,
-        identity_dir=args.identity_dir,
-        **kw,
-    )
+    return run(mesh, args.service, loop=args.loop, identity_dir=args.identity_dir, **common)
+
+
+def _proxy_with_control_plane(args: argparse.Namespace, common: dict[str, Any]) -> int:
+    from pymesh.control.client import ControlPlaneError, run_with_control_plane
+
+    if not args.token_file:
+        print("pymesh proxy: --control-plane needs --token-file (pymesh control-plane token)")
+        return 2
+    try:
+        with open(args.token_file, encoding="ascii") as f:
+            token = f.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"pymesh proxy: cannot read the token file: {exc}")
+        return 2
+
+    async def main() -> int:
+        try:
+            return await run_with_control_plane(args.control_plane, token, args.service, **common)
+        except (ControlPlaneError, ValueError) as exc:
+            print(f"pymesh proxy: {exc}")
+            return 1
+
+    return run_loop(main(), loop=args.loop)
