@@ -275,7 +275,7 @@ def test_children_die_with_a_killed_up() -> None:
         kids = children_of(up.proc.pid)
         assert len(kids) == 6
         args = Path(f"/proc/{docs[0]['pid']}/cmdline").read_bytes().decode().split("\0")
-        workdir = Path(args[args.index("--config") + 1]).parent
+        workdir = Path(args[args.index("--token-file") + 1]).parent
         up.kill()  # no chance to clean up: the children get SIGTERM from the kernel
     assert_gone(kids)
     assert workdir.name.startswith("pymesh-up-")

@@ -49,13 +49,15 @@ from typing import Any, Final, final
 
 import yaml
 
-from pymesh.control.casign import TOKEN_ENV, URL_ENV, SigningServer
+from pymesh.control.server import ControlPlane
+from pymesh.control.state import StateDir
+from pymesh.control.store import MemoryStore
 from pymesh.errors import ConfigError, FieldError, PymeshError
 from pymesh.observe.log import configure_logging
 from pymesh.policy.model import DEFAULT_NAMESPACE, Resource, ServiceSpec
 from pymesh.policy.snapshot import Mesh
 from pymesh.runtime import LoopName, install_signal_handlers, run_loop
-from pymesh.tls.ca import CertificateAuthority
+from pymesh.tls.identity import write_file_atomic
 
 __all__ = [
     "HTTP_ERRORS",
@@ -78,6 +80,7 @@ __all__ = [
 Address = tuple[str, int]
 
 READY_TIMEOUT_S: Final = 20.0
+TOKEN_TTL_S: Final = 24 * 3600.0  # a sidecar's bootstrap token (renewals use its certificate)
 STOP_TIMEOUT_S: Final = 5.0
 _POLL_S: Final = 0.05
 _LOG_TAIL_BYTES: Final = 2048
@@ -493,7 +496,7 @@ class LocalMesh:
         self.services: tuple[ServiceRuntime, ...] = ()
         self.workdir: Path | None = None
         self._children: list[_Child] = []
-        self.signer: SigningServer | None = None  # the mesh's CA, when it uses mTLS
+        self.control_plane: ControlPlane | None = None  # in-process: CA, config, endpoints
 
     async def __aenter__(self) -> LocalMesh:
         await self.start()
@@ -528,22 +531,27 @@ class LocalMesh:
             docs = derive_config(read_documents(self.config), inbound)
             self.derived_config.write_text(yaml.safe_dump_all(docs, sort_keys=False))
             cwd = self.config if self.config.is_dir() else self.config.parent
-            if _uses_mtls(mesh):
-                self.signer = SigningServer(
-                    CertificateAuthority.create(mesh.spec.trust_domain),
-                    mesh.spec.certificate_ttl_s,
-                )
-                await self.signer.start(_connect_host(self.host))
+            # The one-machine mesh works like a distributed one: a control plane (in this
+            # process) holds the config, signs each sidecar's CSR and streams it its view;
+            # every sidecar joins with its own bootstrap token.
+            state = StateDir.init(self.workdir / "state", mesh.spec.trust_domain)
+            self.control_plane = ControlPlane(
+                state,
+                MemoryStore(),
+                config=[str(self.derived_config)],
+                listen=(_connect_host(self.host), 0),
+            )
+            await self.control_plane.start()
             started: list[ServiceRuntime] = []
             for svc in plans:
                 spec = mesh.service_spec(svc.name, svc.namespace)
                 if svc.meshed:
                     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-                    if self.signer is not None:
-                        resource = mesh.service(svc.name, svc.namespace)
-                        assert resource is not None
-                        env[URL_ENV] = self.signer.url
-                        env[TOKEN_ENV] = self.signer.token_for(mesh.spiffe_id(resource))
+                    write_file_atomic(
+                        self.workdir / f"{svc.namespace}.{svc.name}.token",
+                        state.issue_token(f"{svc.namespace}/{svc.name}", TOKEN_TTL_S).encode(),
+                        mode=0o600,
+                    )
                     child = await self._spawn(svc, "sidecar", self._sidecar_argv(svc), env=env)
                     svc = replace(svc, pid=child.process.pid)
                 if spec.command:
@@ -562,8 +570,13 @@ class LocalMesh:
 
     def _sidecar_argv(self, svc: ServiceRuntime) -> list[str]:
         assert svc.inbound and svc.outbound and svc.admin  # meshed: all set by _plan
+        assert self.control_plane is not None and self.control_plane.address is not None
+        assert self.workdir is not None
+        host, port = self.control_plane.address
+        shown = f"[{host}]" if ":" in host else host
         options = {
-            "--config": str(self.derived_config),
+            "--control-plane": f"https://{shown}:{port}",
+            "--token-file": str(self.workdir / f"{svc.namespace}.{svc.name}.token"),
             "--service": f"{svc.namespace}/{svc.name}",
             "--inbound": format_address(svc.inbound),
             "--outbound": format_address(svc.outbound),
@@ -678,20 +691,12 @@ class LocalMesh:
                             _killpg(c.process.pid, signal.SIGKILL)
                     await asyncio.gather(*(c.process.wait() for c in running))
         finally:
-            if self.signer is not None:
-                await self.signer.close()
-                self.signer = None
+            if self.control_plane is not None:
+                await self.control_plane.stop()
+                self.control_plane = None
             if self.workdir is not None:
                 shutil.rmtree(self.workdir, ignore_errors=True)
                 self.workdir = None
-
-
-def _uses_mtls(mesh: Mesh) -> bool:
-    """Whether any meshed service of `mesh` is reached over mTLS (so sidecars need certs)."""
-    return any(
-        r.spec.meshed and (r.spec.mtls or mesh.spec.mtls) != "DISABLE"
-        for r in mesh.of_kind("Service")
-    )
 
 
 def _killpg(pid: int, sig: signal.Signals) -> None:

@@ -28,7 +28,6 @@ from typing import Any, Literal, final
 import structlog
 from cryptography.hazmat.primitives import hashes
 
-from pymesh.control.casign import TOKEN_ENV, URL_ENV, http_signer
 from pymesh.errors import ConfigError
 from pymesh.observe.admin import (
     AdminRequest,
@@ -70,7 +69,6 @@ from pymesh.proxy.router import InboundRouter, OutboundRouter
 from pymesh.runtime import LoopName, install_signal_handlers, run_loop, spawn
 from pymesh.tls.credentials import (
     Credentials,
-    CsrSource,
     DirSource,
     IdentitySource,
     StaticSource,
@@ -637,13 +635,6 @@ def run(
     identity_dir = sidecar_kw.pop("identity_dir", None)
     if identity_dir is not None:
         sidecar_kw["identity"] = DirSource(identity_dir)
-    elif "identity" not in sidecar_kw and os.environ.get(URL_ENV):
-        # Started by `pymesh up`: ask its CA (the token names this service's identity).
-        ns, name = _split_service(service)
-        resource = mesh.service(name, ns)
-        if resource is not None:
-            signer = http_signer(os.environ[URL_ENV], os.environ.get(TOKEN_ENV, ""))
-            sidecar_kw["identity"] = CsrSource(mesh.spiffe_id(resource), signer)
 
     async def main() -> int:
         return await _run_sidecar(Sidecar(mesh, service, filters=filters, **sidecar_kw))
