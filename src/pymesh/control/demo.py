@@ -38,6 +38,7 @@ from pymesh.control.up import (
     read_response,
     supervise,
 )
+from pymesh.observe.log import configure_logging
 from pymesh.policy.model import DEFAULT_NAMESPACE
 from pymesh.runtime import run_loop
 
@@ -422,6 +423,7 @@ def demo_main(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         print(f"pymesh demo: {exc}", file=sys.stderr)
         return 1
+    configure_logging("warning")  # the table is the output; the control plane's log is not
     mesh = LocalMesh(config)
 
     async def main(services: tuple[ServiceRuntime, ...]) -> int:

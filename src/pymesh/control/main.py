@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+import time
 from typing import Any
 
 import structlog
@@ -85,6 +86,18 @@ def _run(args: argparse.Namespace) -> int:
                 doc["subscribers"] = cp.subscribers
                 return json_response(doc)
 
+            async def revoke(req: Any) -> Any:
+                # POST /revoke?token_id=ID[&expires_at=UNIX]: refuse that bootstrap token from
+                # now on, on every replica sharing the store (until it would have expired).
+                token_id = req.query.get("token_id", "")
+                try:
+                    until = float(req.query.get("expires_at", time.time() + 366 * 86400))
+                    await cp.store.revoke_token(token_id, until)
+                except ValueError as exc:
+                    return json_response({"error": str(exc)}, 400)
+                _log.warning("token_revoked", token_id=token_id)
+                return json_response({"revoked": token_id})
+
             server = await start_admin_server(
                 admin[0],
                 admin[1],
@@ -92,6 +105,7 @@ def _run(args: argparse.Namespace) -> int:
                     ("GET", "/ready"): ready,
                     ("GET", "/live"): ready,
                     ("GET", "/config_dump"): config_dump,
+                    ("POST", "/revoke"): revoke,
                 },
             )
         assert cp.address is not None
