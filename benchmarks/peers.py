@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from benchmarks.pki import TRUST_DOMAIN
+
 __all__ = [
     "BODY",
+    "HaproxyTls",
     "HttpReply",
     "Proc",
     "Processes",
@@ -31,9 +34,11 @@ __all__ = [
     "haproxy_config",
     "http_get",
     "nginx_config",
+    "parse_header",
     "process_cpu_seconds",
     "pymesh_argv",
     "pymesh_config",
+    "pymesh_pair_config",
     "wait_http",
     "wait_port",
 ]
@@ -81,57 +86,185 @@ http {{
 """
 
 
-def haproxy_config(*, mode: str, port: int, backend_port: int, h2c: bool = False) -> str:
+@dataclass(frozen=True, slots=True)
+class HaproxyTls:
+    """TLS on a haproxy `bind` (terminating) or `server` (originating) line: its own
+    certificate chain and key (`crt`, one PEM file), the trust bundle (`ca-file`), the peer's
+    certificate required and verified, TLS 1.3 only (as pymesh's mTLS), and on a server line
+    an optional ALPN offer."""
+
+    crt: Path
+    ca_file: Path
+    alpn: str | None = None
+
+    def options(self) -> str:
+        """The line's TLS keywords (with a leading space)."""
+        alpn = f" alpn {self.alpn}" if self.alpn else ""
+        return (
+            f" ssl crt {self.crt} ca-file {self.ca_file} verify required ssl-min-ver TLSv1.3{alpn}"
+        )
+
+
+HAPROXY_ACL = "bench_paths"
+"""The ACL of the `acl_log` haproxy peer: paths starting with '/' (the pymesh peer's
+HTTPRouteGroup allows pathRegex '/'), everything else denied."""
+
+
+def haproxy_config(
+    *,
+    mode: str,
+    port: int,
+    backend_port: int,
+    h2c: bool = False,
+    bind_tls: HaproxyTls | None = None,
+    server_tls: HaproxyTls | None = None,
+    acl_log: bool = False,
+    server_name: str = "nginx",
+) -> str:
     """haproxy (one thread) on 127.0.0.1:port → 127.0.0.1:backend_port, `mode tcp|http`.
 
     `h2c`: the frontend speaks prior-knowledge HTTP/2 in clear text (`bind ... proto h2`,
-    `mode http` only); the backend stays HTTP/1.1.
+    `mode http` only); the backend stays HTTP/1.1. `bind_tls`: the frontend terminates TLS
+    and requires a verified client certificate; `server_tls`: TLS (with a client certificate)
+    to the backend. `acl_log` (`mode http` only): a path ACL (`http-request deny unless`) and
+    `option httplog` to stdout (the process's log file).
     """
     if mode not in ("tcp", "http"):
         raise ValueError(f"mode must be 'tcp' or 'http', not {mode!r}")
     if h2c and mode != "http":
         raise ValueError("h2c needs mode 'http'")
+    if acl_log and mode != "http":
+        raise ValueError("acl_log needs mode 'http'")
+    if h2c and bind_tls is not None:
+        raise ValueError("h2c is clear text: not with bind_tls")
     proto = " proto h2" if h2c else ""
     http_options = "    option http-keep-alive\n    http-reuse always\n" if mode == "http" else ""
+    global_log = "    log stdout format raw local0\n" if acl_log else ""
+    defaults_log = "    log global\n    option httplog\n" if acl_log else ""
+    acl = (
+        f"    acl {HAPROXY_ACL} path_beg /\n    http-request deny unless {HAPROXY_ACL}\n"
+        if acl_log
+        else ""
+    )
+    bind = bind_tls.options() if bind_tls is not None else ""
+    server = server_tls.options() if server_tls is not None else ""
     return f"""\
 global
     nbthread 1
     maxconn 4096
     tune.bufsize 16384
-
+{global_log}
 defaults
     mode {mode}
     timeout connect 5s
     timeout client 300s
     timeout server 300s
-{http_options}
+{http_options}{defaults_log}
 frontend bench_in
-    bind 127.0.0.1:{port}{proto}
-    default_backend bench_nginx
+    bind 127.0.0.1:{port}{proto}{bind}
+{acl}    default_backend bench_nginx
 
 backend bench_nginx
-    server nginx 127.0.0.1:{backend_port}
+    server {server_name} 127.0.0.1:{backend_port}{server}
 """
 
 
-def pymesh_config(*, protocol: str, backend_port: int) -> str:
-    """The mesh config for the sidecar under test: one service `backend` in front of nginx."""
-    if protocol not in ("tcp", "http"):
-        raise ValueError(f"protocol must be 'tcp' or 'http', not {protocol!r}")
+_ROUTES = "bench-routes"  # the HTTPRouteGroup / TCPRoute of the benchmark's TrafficTargets
+
+
+def _mesh_doc(mtls: str) -> str:
     return f"""\
 apiVersion: pymesh.io/v1alpha1
 kind: Mesh
 metadata: {{name: bench}}
-spec: {{trustDomain: bench.local, mtls: DISABLE}}
----
+spec: {{trustDomain: {TRUST_DOMAIN}, mtls: {mtls}}}
+"""
+
+
+def _service_doc(name: str, protocol: str, endpoint_port: int | None) -> str:
+    endpoints = (
+        f"  endpoints: [{{address: 127.0.0.1, port: {endpoint_port}}}]\n"
+        if endpoint_port is not None
+        else ""
+    )
+    return f"""\
 apiVersion: pymesh.io/v1alpha1
 kind: Service
-metadata: {{name: backend}}
+metadata: {{name: {name}}}
 spec:
-  serviceAccount: backend
+  serviceAccount: {name}
   ports: [{{name: web, port: 8080, protocol: {protocol}}}]
-  endpoints: [{{address: 127.0.0.1, port: {backend_port}}}]
+{endpoints}"""
+
+
+def _allow_docs(destination: str, sources: Sequence[str], protocol: str) -> list[str]:
+    # one TrafficTarget allowing `sources` everything on `destination`: every path and method
+    # (HTTPRouteGroup, for http) or port 8080 (TCPRoute, for tcp)
+    if protocol == "http":
+        route = f"""\
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {{name: {_ROUTES}}}
+spec:
+  matches:
+  - {{name: all, pathRegex: /, methods: ["*"]}}
 """
+        kind = "HTTPRouteGroup"
+    else:
+        route = f"""\
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: TCPRoute
+metadata: {{name: {_ROUTES}}}
+spec:
+  matches: {{ports: [8080]}}
+"""
+        kind = "TCPRoute"
+    subjects = "".join(
+        f"  - {{kind: ServiceAccount, name: {s}, namespace: default}}\n" for s in sources
+    )
+    target = f"""\
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {{name: allow-{destination}}}
+spec:
+  destination: {{kind: ServiceAccount, name: {destination}, namespace: default}}
+  rules:
+  - {{kind: {kind}, name: {_ROUTES}}}
+  sources:
+{subjects}"""
+    return [route, target]
+
+
+def pymesh_config(
+    *, protocol: str, backend_port: int, mtls: str = "DISABLE", allow: Sequence[str] = ()
+) -> str:
+    """The mesh config for the sidecar under test: one service `backend` in front of nginx.
+
+    `mtls`: the Mesh's mode (STRICT: the inbound listener takes mutual TLS only); `allow`:
+    service accounts a TrafficTarget allows to call `backend` (none: no TrafficTarget, so the
+    allow-list is not active and authorization checks nothing).
+    """
+    if protocol not in ("tcp", "http"):
+        raise ValueError(f"protocol must be 'tcp' or 'http', not {protocol!r}")
+    if mtls not in ("DISABLE", "PERMISSIVE", "STRICT"):
+        raise ValueError(f"mtls must be DISABLE, PERMISSIVE or STRICT, not {mtls!r}")
+    docs = [_mesh_doc(mtls), _service_doc("backend", protocol, backend_port)]
+    if allow:
+        docs += _allow_docs("backend", allow, protocol)
+    return "---\n".join(docs)
+
+
+def pymesh_pair_config(*, server_inbound: int, client: str = "web", server: str = "api") -> str:
+    """The mesh of a sidecar pair, STRICT mTLS: Service `client` (its sidecar's outbound
+    listener takes the load), Service `server` whose endpoint is its sidecar's inbound
+    listener on 127.0.0.1:server_inbound, and a TrafficTarget allowing `client` to call it."""
+    docs = [
+        _mesh_doc("STRICT"),
+        _service_doc(client, "http", None),
+        _service_doc(server, "http", server_inbound),
+        *_allow_docs(server, (client,), "http"),
+    ]
+    return "---\n".join(docs)
 
 
 def pymesh_argv(
@@ -144,8 +277,12 @@ def pymesh_argv(
     app: int,
     codec: str | None = None,
     loop: str | None = None,
+    service: str = "backend",
+    identity_dir: Path | None = None,
+    access_log: bool = False,
 ) -> list[str]:
-    """`python -m pymesh proxy ...` for the sidecar under test (access log off)."""
+    """`python -m pymesh proxy ...` for a sidecar under test (access log off unless
+    `access_log`; `identity_dir` for mTLS)."""
     argv = [
         python,
         "-m",
@@ -154,7 +291,7 @@ def pymesh_argv(
         "--config",
         str(config),
         "--service",
-        "backend",
+        service,
         "--inbound",
         f"127.0.0.1:{inbound}",
         "--outbound",
@@ -163,8 +300,11 @@ def pymesh_argv(
         f"127.0.0.1:{admin}",
         "--app",
         f"127.0.0.1:{app}",
-        "--no-access-log",
     ]
+    if not access_log:
+        argv.append("--no-access-log")
+    if identity_dir is not None:
+        argv += ["--identity-dir", str(identity_dir)]
     if codec is not None:
         argv += ["--http1-codec", codec]
     if loop is not None:
@@ -211,15 +351,27 @@ class HttpReply:
     body: bytes
 
 
-def http_get(port: int, path: str = "/", *, timeout: float = 2.0) -> HttpReply:
-    """GET http://127.0.0.1:port/path (one connection, bounded by `timeout`)."""
+def parse_header(line: str) -> tuple[str, str]:
+    """'Name: value' → ('Name', 'value'); ValueError without a name and a colon."""
+    name, sep, value = line.partition(":")
+    if not sep or not name.strip() or name != name.strip():
+        raise ValueError(f"not a header line: {line!r}")
+    return name, value.strip()
+
+
+def http_get(
+    port: int, path: str = "/", *, timeout: float = 2.0, headers: Sequence[str] = ()
+) -> HttpReply:
+    """GET http://127.0.0.1:port/path (one connection, bounded by `timeout`), with extra
+    `headers` ('Name: value', as wrk's -H; a Host header replaces the default one)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    extra = dict(parse_header(h) for h in headers)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=extra)
         resp = conn.getresponse()
         body = resp.read()
-        headers = {k.lower(): v for k, v in resp.getheaders()}
-        return HttpReply(resp.status, headers, body)
+        got = {k.lower(): v for k, v in resp.getheaders()}
+        return HttpReply(resp.status, got, body)
     finally:
         conn.close()
 
@@ -247,10 +399,15 @@ class Proc:
         """True while the process has not exited."""
         return self.popen.poll() is None
 
-    def tail(self, lines: int = 15) -> str:
-        """The last lines of the process's log (stdout and stderr)."""
+    def tail(self, lines: int = 15, max_bytes: int = 64 * 1024) -> str:
+        """The last lines of the process's log (stdout and stderr; at most its last
+        `max_bytes`: an access log can be large)."""
         try:
-            text = self.log.read_text(errors="replace")
+            with self.log.open("rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - max_bytes))
+                text = f.read().decode(errors="replace")
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
@@ -280,9 +437,10 @@ class Processes:
     ) -> Proc:
         """Start `argv` (pinned to `core` with taskset unless None), output to NAME.log.
 
-        `env` adds to (or overrides) the harness's environment.
+        `env` adds to (or overrides) the harness's environment. A row with several
+        processes names them ROW/PART (log ROW-PART.log); `stop_named(ROW)` stops them all.
         """
-        log = self._tmp / f"{name}.log"
+        log = self._tmp / f"{name.replace('/', '-')}.log"
         cmd = (["taskset", "-c", str(core)] if core is not None else []) + list(argv)
         with log.open("wb") as out:
             popen = subprocess.Popen(
@@ -314,8 +472,8 @@ class Processes:
             self._procs.remove(proc)
 
     def stop_named(self, name: str) -> None:
-        """Stop every process started under `name` (a row that failed)."""
-        for proc in [p for p in self._procs if p.name == name]:
+        """Stop every process started under `name` or `name/...` (a row that failed)."""
+        for proc in [p for p in self._procs if p.name == name or p.name.startswith(name + "/")]:
             self.stop(proc)
 
     def stop_all(self) -> None:

@@ -11,13 +11,23 @@ Document (`SCHEMA` = "pymesh-bench/1"), every latency in µs, every CPU figure i
      "rows": [{"name", "label", "group", "baseline", "status": "ok"|"skipped"|"failed",
                "note", "runs": [{"saturation": M, "fixed_rate": M, "discarded": [M...]}],
                "median": {MEDIAN_KEYS...} | null,
-               "ratios": {"baseline", "rps", "cpu_fixed", "cpu_sat", "p99"} | null}]}
+               "ratios": {"baseline", "rps", "cpu_fixed", "cpu_sat", "p99",
+                          "fixed_p50", "fixed_p99"} | null,
+               "reference": str | null,                        (optional)
+               "added": {"reference", "p50_us", "p99_us"} | null,   (optional)
+               "per_process": {PROCESS: {"cpu_us_per_req_fixed",
+                                         "cpu_us_per_req_sat"}} | null}]}   (optional)
     M = {"requests", "duration_s", "rps", "latency_avg_us", "latency_max_us",
          "percentiles_us": {"50", "75", "90", "99"}, "errors", "proxy_cpu_s", "cpu_us_per_req",
          "interference": {"settle_wait_s", "busy_before", "load_core_foreign",
-                          "proxy_core_foreign"}}
+                          "proxy_core_foreign"},
+         "proxy_cpu_s_by_process": {PROCESS: s},     (optional: rows with several proxies)
+         "load_helpers_cpu_s": {PROCESS: s}}         (optional: a TLS client on the load core)
     ("discarded": measurements repeated because other programs were busy, each with its
-    "kind"; "interference" shares are of one core, 0.2 = 20 %.)
+    "kind"; "interference" shares are of one core, 0.2 = 20 %. "added": the row's fixed-rate
+    p50/p99 minus those of its "reference" row (direct), i.e. the latency a sidecar pair adds
+    at 1,000 req/s; "per_process": the median CPU µs/request of each proxy of a pair. The
+    keys marked optional are absent from older results.)
 """
 
 from __future__ import annotations
@@ -35,12 +45,16 @@ __all__ = [
     "SCHEMA",
     "Check",
     "Goal",
+    "added_latency",
     "compute_ratios",
+    "fmt_added",
     "fmt_latency",
     "interference_notes",
     "interference_of",
     "median_of_runs",
+    "per_process_medians",
     "render_goals",
+    "render_pairs_table",
     "render_report",
     "render_results_table",
     "replace_between_markers",
@@ -139,12 +153,56 @@ def compute_ratios(rows: Sequence[Mapping[str, Any]]) -> dict[str, Json | None]:
             "cpu_fixed": _ratio(med["cpu_us_per_req_fixed"], bmed["cpu_us_per_req_fixed"]),
             "cpu_sat": _ratio(med["cpu_us_per_req_sat"], bmed["cpu_us_per_req_sat"]),
             "p99": _ratio(med["p99_us"], bmed["p99_us"]),
+            "fixed_p50": _ratio(med.get("fixed_p50_us"), bmed.get("fixed_p50_us")),
+            "fixed_p99": _ratio(med.get("fixed_p99_us"), bmed.get("fixed_p99_us")),
         }
     return out
 
 
+def per_process_medians(runs: Sequence[Mapping[str, Any]]) -> dict[str, Json] | None:
+    """Median CPU µs/request of each proxy process of a row with several (a sidecar pair),
+    at the fixed rate and at saturation; None when the runs have no per-process figures."""
+    samples: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        for measurement, key in (
+            ("fixed_rate", "cpu_us_per_req_fixed"),
+            ("saturation", "cpu_us_per_req_sat"),
+        ):
+            m = run[measurement]
+            by_process = m.get("proxy_cpu_s_by_process")
+            if not isinstance(by_process, dict) or not m["requests"]:
+                continue
+            for name, seconds in by_process.items():
+                per = samples.setdefault(
+                    name, {"cpu_us_per_req_fixed": [], "cpu_us_per_req_sat": []}
+                )
+                per[key].append(seconds * 1e6 / m["requests"])
+    if not samples:
+        return None
+    return {
+        name: {k: statistics.median(v) if v else None for k, v in per.items()}
+        for name, per in samples.items()
+    }
+
+
+def added_latency(row: Mapping[str, Any], reference: Mapping[str, Any] | None) -> Json | None:
+    """The fixed-rate p50 and p99 of `row` minus those of its `reference` row (µs), or None
+    when either did not run."""
+    if reference is None or row["status"] != "ok" or reference["status"] != "ok":
+        return None
+    med, ref = row["median"], reference["median"]
+    if med is None or ref is None:
+        return None
+    out: Json = {"reference": reference["name"]}
+    for pct in ("50", "99"):
+        mine, base = med.get(f"fixed_p{pct}_us"), ref.get(f"fixed_p{pct}_us")
+        out[f"p{pct}_us"] = None if mine is None or base is None else mine - base
+    return out
+
+
 def summarize_rows(rows: list[Json]) -> None:
-    """Fill each row's "median" (ok rows with runs) and then every row's "ratios", in place."""
+    """Fill each row's "median" (ok rows with runs) and then every row's "ratios", in place;
+    rows with a "reference" also get "added" and, with several proxies, "per_process"."""
     for row in rows:
         row["median"] = (
             median_of_runs(row["runs"]) if row["status"] == "ok" and row["runs"] else None
@@ -152,9 +210,15 @@ def summarize_rows(rows: list[Json]) -> None:
         if row["median"] is None and row["status"] == "ok":
             row["status"] = "failed"
             row["note"] = row["note"] or "no run completed"
+        pp = per_process_medians(row["runs"]) if row["median"] is not None else None
+        if pp is not None:
+            row["per_process"] = pp
     ratios = compute_ratios(rows)
+    by_name = {row["name"]: row for row in rows}
     for row in rows:
         row["ratios"] = ratios[row["name"]]
+        if row.get("reference"):
+            row["added"] = added_latency(row, by_name.get(row["reference"]))
 
 
 def interference_of(m: Mapping[str, Any], *, proxy: bool = True) -> float:
@@ -262,6 +326,21 @@ def _validate_row(path: str, row: object) -> list[str]:
             errors.append(_type_error(f"{path}.ratios", "object or null", ratios))
         else:
             errors += [f"{path}.ratios: missing {k!r}" for k in _RATIO_KEYS if k not in ratios]
+    added = row.get("added")
+    if added is not None:
+        if not isinstance(added, dict):
+            errors.append(_type_error(f"{path}.added", "object or null", added))
+        else:
+            errors += [
+                f"{path}.added: missing {k!r}"
+                for k in ("reference", "p50_us", "p99_us")
+                if k not in added
+            ]
+    per_process = row.get("per_process")
+    if per_process is not None and not (
+        isinstance(per_process, dict) and all(isinstance(v, dict) for v in per_process.values())
+    ):
+        errors.append(_type_error(f"{path}.per_process", "object of objects or null", per_process))
     return errors
 
 
@@ -363,10 +442,15 @@ def render_results_table(doc: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One measurable bound of a goal: row's `ratios[key]` or `median[key]` OP threshold."""
+    """One measurable bound of a goal: a figure of `row` OP threshold.
+
+    `source`: "ratios" or "median" (`row[source][key]`), "added" (the latency the row adds
+    to its reference row, µs) or "per_process_max" (the largest `key` over the row's proxy
+    processes: a pair's busier sidecar).
+    """
 
     row: str
-    source: str  # "ratios" | "median"
+    source: str  # "ratios" | "median" | "added" | "per_process_max"
     key: str
     op: str  # ">=" | "<="
     threshold: float
@@ -377,7 +461,11 @@ class Check:
         row = rows.get(self.row)
         if row is None or row["status"] != "ok":
             return None
-        table = row[self.source]
+        if self.source == "per_process_max":
+            per = row.get("per_process") or {}
+            values = [v[self.key] for v in per.values() if v.get(self.key) is not None]
+            return max(values) if values else None
+        table = row.get(self.source)
         return None if table is None else table.get(self.key)
 
     def met(self, value: float) -> bool:
@@ -385,12 +473,19 @@ class Check:
         return value >= self.threshold if self.op == ">=" else value <= self.threshold
 
     def describe(self, value: float) -> str:
-        """'0.97x req/s' or '41.2 µs/req'."""
-        return (
-            f"{value:.2f}{X} {self.label}"
-            if self.source == "ratios"
-            else f"{value:.1f} {self.label}"
-        )
+        """'0.97x req/s', '41.2 µs/req' or '+412 µs added p50'."""
+        if self.source == "ratios":
+            return f"{value:.2f}{X} {self.label}"
+        if self.source == "added":
+            return f"{fmt_added(value)} {self.label}"
+        return f"{value:.1f} {self.label}"
+
+
+def fmt_added(us: float | None) -> str:
+    """Added latency with its sign: 412.0 → '+412 µs'; -3.0 → '-3 µs'; None → '—'."""
+    if us is None:
+        return "—"
+    return ("+" if us >= 0 else "-") + fmt_latency(abs(us))
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,6 +526,7 @@ GOALS: tuple[Goal, ...] = (
     Goal(
         "L7 HTTP/1.1, mTLS + authz + metrics + access log",
         f"≥ 0.45{X} haproxy with TLS + ACL + logging",
+        (Check("pymesh-l7-mtls", "ratios", "rps", ">=", 0.45, "req/s"),),
     ),
     Goal(
         "L7 HTTP/1.1 with the h11 codec",
@@ -445,10 +541,23 @@ GOALS: tuple[Goal, ...] = (
             Check("pymesh-h2", "ratios", "p99", "<=", 5.0, "p99"),
         ),
     ),
-    Goal("TLS keep-alive", f"L4 ≥ 0.9{X} haproxy L4-TLS; L7 ≥ 0.6{X} haproxy L7-TLS"),
+    Goal(
+        "TLS keep-alive",
+        f"L4 ≥ 0.9{X} haproxy L4-TLS; L7 ≥ 0.6{X} haproxy L7-TLS",
+        (
+            Check("pymesh-l4-mtls", "ratios", "rps", ">=", 0.9, "req/s (L4)"),
+            Check("pymesh-l7-mtls-bare", "ratios", "rps", ">=", 0.6, "req/s (L7)"),
+        ),
+    ),
     Goal(
         "sidecar pair with mTLS at 1,000 req/s",
         "added p50 ≤ 1 ms; added p99 ≤ 3 ms, no worse than a haproxy pair",
+        (
+            Check("pair-pymesh-mtls", "added", "p50_us", "<=", 1000.0, "p50"),
+            Check("pair-pymesh-mtls", "added", "p99_us", "<=", 3000.0, "p99"),
+            Check("pair-pymesh-mtls", "ratios", "fixed_p50", "<=", 1.0, "haproxy pair's p50"),
+            Check("pair-pymesh-mtls", "ratios", "fixed_p99", "<=", 1.0, "haproxy pair's p99"),
+        ),
     ),
     Goal(
         "sidecar CPU at 1,000 req/s",
@@ -456,6 +565,14 @@ GOALS: tuple[Goal, ...] = (
         (
             Check("pymesh-l7-httptools", "median", "cpu_us_per_req_fixed", "<=", 100.0, "µs/req"),
             Check("pymesh-l7-h11", "median", "cpu_us_per_req_fixed", "<=", 100.0, "µs/req (h11)"),
+            Check(
+                "pair-pymesh-mtls",
+                "per_process_max",
+                "cpu_us_per_req_fixed",
+                "<=",
+                100.0,
+                "µs/req (busier sidecar of the pair)",
+            ),
         ),
     ),
     Goal("memory", "idle sidecar ≤ 30 MB RSS; ≤ 4 KB per idle plain connection; …"),
@@ -521,12 +638,84 @@ def _describe_h2(doc: Mapping[str, Any]) -> str:
     )
 
 
+def _kinds(row: Mapping[str, Any]) -> set[str]:
+    # the peer kinds of a row's peer document, nested ones (a TLS client's) included
+    kinds: set[str] = set()
+    peer = row.get("peer")
+    while isinstance(peer, dict):
+        kinds.add(str(peer.get("kind")))
+        peer = peer.get("inner")
+    return kinds
+
+
+def _describe_tls(doc: Mapping[str, Any]) -> str:
+    # only for documents with TLS rows (older results have none: their text is unchanged)
+    kinds = set().union(*(_kinds(row) for row in doc["rows"]))
+    text = ""
+    if "tlsclient" in kinds:
+        text += (
+            " TLS rows: wrk cannot present a client certificate, so a TLS client (haproxy "
+            "`mode tcp`, one thread, on the load core) turns each wrk connection into a TLS 1.3 "
+            "connection to the proxy under test, with a certificate of the run's pymesh CA "
+            "(ECDSA P-256) and the server's verified; the same client drives haproxy and "
+            "pymesh, and its CPU is the load side's."
+        )
+    if kinds & {"haproxypair", "pymeshpair"}:
+        text += (
+            " Sidecar pairs: wrk → A (plaintext in, TLS with a client certificate out) → B "
+            "(TLS in, client verified, plaintext out) → nginx, both proxies on the proxy core; "
+            "CPU µs/req is their sum; added latency is the fixed-rate p50/p99 minus direct's."
+        )
+    return text
+
+
+def render_pairs_table(doc: Mapping[str, Any]) -> str | None:
+    """The rows with "added" latency (the sidecar pairs) and their reference row: fixed-rate
+    percentiles, added latency and CPU per proxy; None when the run has no such row."""
+    pairs = [row for row in doc["rows"] if row.get("reference")]
+    if not pairs:
+        return None
+    rows = {row["name"]: row for row in doc["rows"]}
+    refs = dict.fromkeys(row["reference"] for row in pairs)
+    lines = [
+        "| row @ fixed rate | p50 | p99 | added p50 | added p99 | CPU µs/req (sum) | per proxy |",
+        "|---|--:|--:|--:|--:|--:|---|",
+    ]
+    for row in [*(rows[r] for r in refs if r in rows), *pairs]:
+        label = row["label"] + (" (reference)" if row["name"] in refs else "")
+        med = row.get("median")
+        if row["status"] != "ok" or med is None:
+            lines.append(f"| {label} | {row['status']} | | | | | |")
+            continue
+        added = row.get("added") or {}
+        per = row.get("per_process") or {}
+        per_text = " + ".join(
+            f"{name.rsplit('/', 1)[-1]} {_fmt_num(v.get('cpu_us_per_req_fixed'), 1)}"
+            for name, v in per.items()
+        )
+        lines.append(
+            f"| {label} | {fmt_latency(med.get('fixed_p50_us'))} "
+            f"| {fmt_latency(med.get('fixed_p99_us'))} | {fmt_added(added.get('p50_us'))} "
+            f"| {fmt_added(added.get('p99_us'))} "
+            f"| {_fmt_num(med.get('cpu_us_per_req_fixed'), 1)} | {per_text or '—'} |"
+        )
+    return "\n".join(lines)
+
+
 def render_report(doc: Mapping[str, Any], source: str) -> str:
-    """The generated README block: run description, results table, goals table, notes."""
-    parts = [
-        _describe_run(doc, source),
-        "",
-        render_results_table(doc),
+    """The generated README block: run description, results table, the sidecar pairs (if
+    any), goals table, notes."""
+    parts = [_describe_run(doc, source) + _describe_tls(doc), "", render_results_table(doc)]
+    pairs = render_pairs_table(doc)
+    if pairs is not None:
+        parts += [
+            "",
+            f"Sidecar pairs at the fixed rate ({doc['settings'].get('rate', 0):,.0f} req/s), "
+            "latency added to the reference row:",
+            "",
+            pairs,
+        ]
+    parts += [
         "",
         "Goals (DESIGN.md §5) against this run:",
         "",

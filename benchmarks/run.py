@@ -19,6 +19,7 @@ with `--rps`); their percentiles come from h2load's per-request log.
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import importlib.metadata
 import json
@@ -46,6 +47,7 @@ from benchmarks.h2loadparse import (
     parse_h2load,
     percentiles_from_log,
 )
+from benchmarks.pki import Pki, PkiError
 from benchmarks.wrkparse import WrkParseError, WrkResult, fixed_rate_lua, parse_wrk
 
 __all__ = ["ROWS", "Row", "Settings", "main"]
@@ -53,6 +55,7 @@ __all__ = ["ROWS", "Row", "Settings", "main"]
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
+PARTIAL_DIR = RESULTS_DIR / "partial"
 README = ROOT / "benchmarks" / "README.md"
 
 
@@ -94,14 +97,28 @@ class Env:
     backend_port: int
     settings: Settings
     python: str = sys.executable
+    _pki: Pki | None = None
+
+    def pki(self) -> Pki:
+        """The run's CA and identities (made on first use with this tree's `pymesh ca`)."""
+        if self._pki is None:
+            self._pki = Pki(self.tmp / "pki", python=self.python, env=_tree_env())
+        return self._pki
 
 
 @dataclass(slots=True)
 class Target:
-    """What the load generator drives for one row: a port on 127.0.0.1, the proxy process."""
+    """What the load generator drives for one row: a port on 127.0.0.1, the proxies under
+    test (on the proxy core; their CPU is summed: one, or both of a sidecar pair) and the
+    row's helpers on the load core (a TLS client; their CPU counts as the load side's)."""
 
     port: int
-    proc: peers.Proc | None
+    proxies: tuple[peers.Proc, ...] = ()
+    helpers: tuple[peers.Proc, ...] = ()
+
+    def processes(self) -> tuple[peers.Proc, ...]:
+        """Every process of the row."""
+        return (*self.proxies, *self.helpers)
 
 
 class Peer(Protocol):
@@ -120,6 +137,36 @@ class Peer(Protocol):
         ...
 
 
+def _tree_env() -> dict[str, str]:
+    # run the pymesh of this source tree, installed or not
+    path = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path}
+
+
+def _sidecar_missing() -> str | None:
+    if not (SRC / "pymesh" / "proxy" / "sidecar.py").is_file():
+        return "the sidecar is not built yet (no src/pymesh/proxy/sidecar.py): pymesh rows skipped"
+    return None
+
+
+def _ca_missing() -> str | None:
+    if not (SRC / "pymesh" / "tls" / "ca.py").is_file():
+        return "the pymesh CA (src/pymesh/tls/ca.py) makes the certificates: not built yet"
+    return None
+
+
+@functools.cache
+def _haproxy_ssl_missing() -> str | None:
+    try:
+        binary = _tool("haproxy")
+    except BenchError:
+        return None  # missing_tools() reports it
+    said = _version_text([binary, "-vv"])
+    if "openssl" not in said.lower():
+        return "this haproxy is built without OpenSSL (haproxy -vv): TLS rows skipped"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Direct:
     """No proxy: wrk → nginx."""
@@ -131,7 +178,28 @@ class Direct:
         return None
 
     def start(self, env: Env, name: str) -> Target:
-        return Target(env.backend_port, None)
+        return Target(env.backend_port)
+
+
+SERVER_SA = "backend"
+"""The service account of the proxy under test in the TLS rows (haproxy's certificate too)."""
+CLIENT_SA = "client"
+"""The service account of the TLS client in front of the TLS rows (allowed by TrafficTarget)."""
+
+
+def _start_haproxy(
+    env: Env, name: str, cfg_text: str, port: int, *, core: int, http: bool
+) -> peers.Proc:
+    """Start haproxy with `cfg_text` (listening on `port`), pinned to `core`; returns once it
+    answers HTTP (`http`) or accepts connections."""
+    cfg = env.tmp / f"{name.replace('/', '-')}.cfg"
+    cfg.write_text(cfg_text)
+    proc = env.procs.start(name, [_tool("haproxy"), "-db", "-f", str(cfg)], core=core)
+    if http:
+        peers.wait_http(proc, port, "/", timeout=10.0)
+    else:
+        peers.wait_port(proc, port, timeout=10.0)
+    return proc
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,34 +207,77 @@ class Haproxy:
     """haproxy, one thread, `mode tcp` (L4) or `mode http` (L7), in front of nginx.
 
     `h2c`: the frontend takes prior-knowledge HTTP/2 (`bind ... proto h2`), nginx still
-    gets HTTP/1.1.
+    gets HTTP/1.1. `tls`: the frontend terminates TLS and requires a client certificate
+    verified against the run's CA (`bind ... ssl crt ... ca-file ... verify required`; put a
+    `TlsClient` in front). `acl_log`: a path ACL and `option httplog` to its log file.
     """
 
     mode: str
     h2c: bool = False
+    tls: bool = False
+    acl_log: bool = False
 
     def tools(self) -> tuple[str, ...]:
         return ("haproxy",)
 
     def unavailable(self) -> str | None:
-        return None
+        return (_ca_missing() or _haproxy_ssl_missing()) if self.tls else None
 
     def start(self, env: Env, name: str) -> Target:
         port = peers.free_port()
-        cfg = env.tmp / f"{name}.cfg"
-        cfg.write_text(
-            peers.haproxy_config(
-                mode=self.mode, port=port, backend_port=env.backend_port, h2c=self.h2c
-            )
+        bind_tls = None
+        if self.tls:
+            ident = env.pki().identity(SERVER_SA)
+            bind_tls = peers.HaproxyTls(ident.haproxy_pem, ident.bundle)
+        text = peers.haproxy_config(
+            mode=self.mode,
+            port=port,
+            backend_port=env.backend_port,
+            h2c=self.h2c,
+            bind_tls=bind_tls,
+            acl_log=self.acl_log,
         )
-        proc = env.procs.start(
-            name, [_tool("haproxy"), "-db", "-f", str(cfg)], core=env.settings.proxy_core
-        )
-        if self.h2c:  # no HTTP/1.1 on this port; check_target sends an h2 request
-            peers.wait_port(proc, port, timeout=10.0)
-        else:
-            peers.wait_http(proc, port, "/", timeout=10.0)
-        return Target(port, proc)
+        # no HTTP/1.1 in clear text on h2c or TLS ports: wait for the port, and check_target
+        # sends the first request (over h2, or through the TLS client)
+        plain_h1 = not (self.h2c or self.tls)
+        proc = _start_haproxy(env, name, text, port, core=env.settings.proxy_core, http=plain_h1)
+        return Target(port, (proc,))
+
+
+def _start_sidecar(
+    env: Env,
+    name: str,
+    config: Path,
+    *,
+    service: str,
+    app: int,
+    codec: str | None = None,
+    loop: str | None = None,
+    identity: Path | None = None,
+    access_log: bool = False,
+    inbound: int | None = None,
+) -> tuple[peers.Proc, int, int]:
+    """Start `python -m pymesh proxy` on the proxy core (its inbound listener on `inbound`,
+    or a free port); (process, inbound, outbound) once its admin endpoint answers /ready
+    (bounded, 30 s)."""
+    inbound = peers.free_port() if inbound is None else inbound
+    outbound, admin = peers.free_port(), peers.free_port()
+    argv = peers.pymesh_argv(
+        python=env.python,
+        config=config,
+        inbound=inbound,
+        outbound=outbound,
+        admin=admin,
+        app=app,
+        codec=codec,
+        loop=loop,
+        service=service,
+        identity_dir=identity,
+        access_log=access_log,
+    )
+    proc = env.procs.start(name, argv, core=env.settings.proxy_core, env=_tree_env())
+    peers.wait_http(proc, admin, "/ready", timeout=30.0)
+    return proc, inbound, outbound
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,43 +285,177 @@ class Pymesh:
     """The pymesh sidecar (`python -m pymesh proxy`): inbound listener → --app nginx.
 
     `listener="outbound"` drives the outbound listener instead, which routes to the Service
-    `backend` (whose endpoint is nginx) by Host / `:authority` and detects h2c.
+    `backend` (whose endpoint is nginx) by Host / `:authority` and detects h2c. `mtls`: the
+    Mesh is STRICT and the sidecar gets an identity from the run's CA (`--identity-dir`; put a
+    `TlsClient` in front); `allow`: service accounts a TrafficTarget allows (authorization on);
+    `access_log`: the access log on (to the process's log file).
     """
 
     protocol: str  # the Service port's protocol: "tcp" (L4 relay) or "http" (L7)
     codec: str | None = None  # --http1-codec
     loop: str | None = None  # --loop
     listener: str = "inbound"  # "inbound" or "outbound"
+    mtls: bool = False
+    allow: tuple[str, ...] = ()
+    access_log: bool = False
 
     def tools(self) -> tuple[str, ...]:
         return ()
 
     def unavailable(self) -> str | None:
-        if not (SRC / "pymesh" / "proxy" / "sidecar.py").is_file():
-            return (
-                "the sidecar is not built yet (no src/pymesh/proxy/sidecar.py): pymesh rows skipped"
-            )
-        return None
+        return _sidecar_missing() or (_ca_missing() if self.mtls else None)
 
     def start(self, env: Env, name: str) -> Target:
-        inbound, outbound, admin = peers.free_port(), peers.free_port(), peers.free_port()
         cfg = env.tmp / f"{name}.yaml"
-        cfg.write_text(peers.pymesh_config(protocol=self.protocol, backend_port=env.backend_port))
-        argv = peers.pymesh_argv(
-            python=env.python,
-            config=cfg,
-            inbound=inbound,
-            outbound=outbound,
-            admin=admin,
+        cfg.write_text(
+            peers.pymesh_config(
+                protocol=self.protocol,
+                backend_port=env.backend_port,
+                mtls="STRICT" if self.mtls else "DISABLE",
+                allow=self.allow,
+            )
+        )
+        identity = env.pki().identity(SERVER_SA).dir if self.mtls else None
+        proc, inbound, outbound = _start_sidecar(
+            env,
+            name,
+            cfg,
+            service="backend",
             app=env.backend_port,
             codec=self.codec,
             loop=self.loop,
+            identity=identity,
+            access_log=self.access_log,
         )
-        # the sidecar of this source tree, installed or not
-        path = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p)
-        proc = env.procs.start(name, argv, core=env.settings.proxy_core, env={"PYTHONPATH": path})
-        peers.wait_http(proc, admin, "/ready", timeout=30.0)
-        return Target(outbound if self.listener == "outbound" else inbound, proc)
+        return Target(outbound if self.listener == "outbound" else inbound, (proc,))
+
+
+@dataclass(frozen=True, slots=True)
+class TlsClient:
+    """A TLS client in front of a TLS peer, for wrk (which cannot present a certificate).
+
+    haproxy, one thread, `mode tcp`, on the **load core** (with wrk and nginx): it takes
+    wrk's plaintext connections and opens one TLS 1.3 connection per connection to the
+    proxy under test, with the `client` identity's certificate and the server's verified
+    (`server ... ssl crt ... ca-file ... verify required`, ALPN `alpn`, no SNI). The same
+    client drives haproxy and pymesh, so the proxy core sees the same TLS traffic; the
+    client's CPU counts as the load side's.
+    """
+
+    inner: Peer
+    alpn: str | None = "http/1.1"
+
+    def tools(self) -> tuple[str, ...]:
+        return ("haproxy", *self.inner.tools())
+
+    def unavailable(self) -> str | None:
+        return _ca_missing() or _haproxy_ssl_missing() or self.inner.unavailable()
+
+    def start(self, env: Env, name: str) -> Target:
+        target = self.inner.start(env, name)
+        ident = env.pki().identity(CLIENT_SA)
+        port = peers.free_port()
+        text = peers.haproxy_config(
+            mode="tcp",
+            port=port,
+            backend_port=target.port,
+            server_tls=peers.HaproxyTls(ident.haproxy_pem, ident.bundle, self.alpn),
+            server_name="proxy",
+        )
+        front = _start_haproxy(
+            env, f"{name}/tls-client", text, port, core=env.settings.load_core, http=False
+        )
+        return Target(port, target.proxies, (*target.helpers, front))
+
+
+PAIR_CLIENT = "web"
+"""The client-side service of the sidecar-pair rows (wrk sends `Host: api` to it)."""
+PAIR_SERVER = "api"
+"""The server-side service of the sidecar-pair rows (its app is nginx)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HaproxyPair:
+    """Two haproxies (one thread each, both on the proxy core), `mode http`: A takes plaintext
+    and originates TLS with the `web` certificate (`server ... ssl crt ... ca-file ...
+    verify required`), B terminates it, requiring and verifying the client certificate
+    (`bind ... ssl crt ... ca-file ... verify required`), then plaintext to nginx. No ACL,
+    no logging; A reuses its connections to B (`http-reuse always`)."""
+
+    def tools(self) -> tuple[str, ...]:
+        return ("haproxy",)
+
+    def unavailable(self) -> str | None:
+        return _ca_missing() or _haproxy_ssl_missing()
+
+    def start(self, env: Env, name: str) -> Target:
+        pki = env.pki()
+        client, server = pki.identity(PAIR_CLIENT), pki.identity(PAIR_SERVER)
+        a_port, b_port = peers.free_port(), peers.free_port()
+        core = env.settings.proxy_core
+        b_text = peers.haproxy_config(
+            mode="http",
+            port=b_port,
+            backend_port=env.backend_port,
+            bind_tls=peers.HaproxyTls(server.haproxy_pem, server.bundle),
+        )
+        b = _start_haproxy(env, f"{name}/b", b_text, b_port, core=core, http=False)
+        a_text = peers.haproxy_config(
+            mode="http",
+            port=a_port,
+            backend_port=b_port,
+            server_tls=peers.HaproxyTls(client.haproxy_pem, client.bundle),
+            server_name="b",
+        )
+        a = _start_haproxy(env, f"{name}/a", a_text, a_port, core=core, http=True)
+        return Target(a_port, (a, b))
+
+
+@dataclass(frozen=True, slots=True)
+class PymeshPair:
+    """Two `pymesh proxy` processes (both on the proxy core) sharing one STRICT mesh config:
+    `web`'s sidecar, whose outbound listener wrk drives (`Host: api`, as an application
+    using it as its HTTP proxy would), originates mTLS to `api`'s sidecar, whose inbound
+    listener checks the TrafficTarget allowing `web` and forwards to nginx (`--app`). Each
+    has its identity from `pymesh ca issue` (`--identity-dir`); metrics on, access log off."""
+
+    codec: str | None = None
+
+    def tools(self) -> tuple[str, ...]:
+        return ()
+
+    def unavailable(self) -> str | None:
+        return _sidecar_missing() or _ca_missing()
+
+    def start(self, env: Env, name: str) -> Target:
+        pki = env.pki()
+        client, server = pki.identity(PAIR_CLIENT), pki.identity(PAIR_SERVER)
+        cfg = env.tmp / f"{name}.yaml"
+        # the api sidecar's inbound port goes into the config (its Service's endpoint), so
+        # pick it first and start that sidecar on it
+        api_inbound = peers.free_port()
+        cfg.write_text(peers.pymesh_pair_config(server_inbound=api_inbound))
+        api, _, _ = _start_sidecar(
+            env,
+            f"{name}/{PAIR_SERVER}",
+            cfg,
+            service=PAIR_SERVER,
+            app=env.backend_port,
+            codec=self.codec,
+            identity=server.dir,
+            inbound=api_inbound,
+        )
+        # web's own inbound listener gets no traffic; its --app is a port nothing listens on
+        web, _, web_outbound = _start_sidecar(
+            env,
+            f"{name}/{PAIR_CLIENT}",
+            cfg,
+            service=PAIR_CLIENT,
+            app=peers.free_port(),
+            codec=self.codec,
+            identity=client.dir,
+        )
+        return Target(web_outbound, (web, api))
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +464,8 @@ class Row:
 
     `group` pairs a row with the `baseline` row of the same group (ratios); `headers` are
     extra request headers; `load` is "wrk" (HTTP/1.1) or "h2load" (h2c, prior knowledge);
-    rows with `default=False` run only when named in --rows.
+    rows with `default=False` run only when named in --rows; `reference` names the row whose
+    fixed-rate latency this row's is compared with ("added" latency: the sidecar pairs).
     """
 
     name: str
@@ -230,10 +476,12 @@ class Row:
     headers: tuple[str, ...] = ()
     default: bool = True
     load: str = "wrk"
+    reference: str | None = None
 
 
 _CLOSE = ("Connection: close",)
 _BACKEND_AUTHORITY = (":authority: backend:8080",)  # the bench config's Service and port
+_PAIR_HOST = (f"Host: {PAIR_SERVER}",)  # the pair's server Service, its only port
 
 ROWS: tuple[Row, ...] = (
     Row("direct", "direct (wrk → nginx)", "direct", Direct()),
@@ -259,6 +507,71 @@ ROWS: tuple[Row, ...] = (
         Pymesh("http", codec="httptools", listener="outbound"),
         headers=_BACKEND_AUTHORITY,
         load="h2load",
+    ),
+    # TLS in, from a TLS client with a certificate (haproxy, mode tcp, on the load core)
+    Row(
+        "haproxy-l7-tls",
+        "haproxy L7 TLS + ACL + log",
+        "l7-tls",
+        TlsClient(Haproxy("http", tls=True, acl_log=True)),
+        baseline=True,
+    ),
+    Row(
+        "pymesh-l7-mtls",
+        "pymesh L7 mTLS + authz + metrics + access log",
+        "l7-tls",
+        TlsClient(
+            Pymesh("http", codec="httptools", mtls=True, allow=(CLIENT_SA,), access_log=True)
+        ),
+    ),
+    # a sidecar pair: wrk → A (plaintext in, TLS out) → B (TLS in, plaintext out) → nginx
+    Row(
+        "pair-haproxy",
+        "haproxy pair (TLS between)",
+        "pair",
+        HaproxyPair(),
+        baseline=True,
+        headers=_PAIR_HOST,
+        reference="direct",
+    ),
+    Row(
+        "pair-pymesh-mtls",
+        "pymesh sidecar pair (mTLS, authz, metrics)",
+        "pair",
+        PymeshPair(codec="httptools"),
+        headers=_PAIR_HOST,
+        reference="direct",
+    ),
+    # TLS keep-alive without filters (DESIGN.md §5 "TLS keep-alive"); not in the default set
+    Row(
+        "haproxy-l7-tls-bare",
+        "haproxy L7 TLS (client cert verified)",
+        "l7-tls-bare",
+        TlsClient(Haproxy("http", tls=True)),
+        baseline=True,
+        default=False,
+    ),
+    Row(
+        "pymesh-l7-mtls-bare",
+        "pymesh L7 mTLS (no authz, no access log)",
+        "l7-tls-bare",
+        TlsClient(Pymesh("http", codec="httptools", mtls=True)),
+        default=False,
+    ),
+    Row(
+        "haproxy-l4-tls",
+        "haproxy L4 TLS (mode tcp)",
+        "l4-tls",
+        TlsClient(Haproxy("tcp", tls=True), alpn=None),
+        baseline=True,
+        default=False,
+    ),
+    Row(
+        "pymesh-l4-mtls",
+        "pymesh L4 mTLS (tcp port, uvloop)",
+        "l4-tls",
+        TlsClient(Pymesh("tcp", loop="uvloop", mtls=True), alpn=None),
+        default=False,
     ),
     # a new connection per request (wrk sends Connection: close); not in the default set
     Row(
@@ -290,23 +603,28 @@ ROWS: tuple[Row, ...] = (
 
 
 def select_rows(spec: str | None, rows: Sequence[Row] = ROWS) -> tuple[list[Row], list[str]]:
-    """Rows named in `spec` ('a,b', 'all' or None = defaults) plus their groups' baselines.
+    """Rows named in `spec` ('a,b', 'all' or None = defaults; a group's name, such as
+    'pair' or 'l7-tls', selects every row of that group) plus their groups' baselines and
+    the rows they are compared with (`reference`).
 
     Returns the rows in declaration order and notes on what was added; raises ValueError on
     an unknown name.
     """
     by_name = {row.name: row for row in rows}
+    groups = {row.group for row in rows}
     if spec is None:
         wanted = {row.name for row in rows if row.default}
     elif spec.strip() == "all":
         wanted = set(by_name)
     else:
-        wanted = {name.strip() for name in spec.split(",") if name.strip()}
-        unknown = sorted(wanted - set(by_name))
+        tokens = {name.strip() for name in spec.split(",") if name.strip()}
+        unknown = sorted(tokens - set(by_name) - groups)
         if unknown:
             raise ValueError(
-                f"unknown row(s) {', '.join(unknown)}; rows: {', '.join(by_name)}, all"
+                f"unknown row(s) {', '.join(unknown)}; rows: {', '.join(by_name)}, all; "
+                f"groups: {', '.join(sorted(groups))}"
             )
+        wanted = {row.name for row in rows if row.name in tokens or row.group in tokens}
     notes: list[str] = []
     for row in rows:
         if row.name in wanted and not row.baseline:
@@ -314,6 +632,13 @@ def select_rows(spec: str | None, rows: Sequence[Row] = ROWS) -> tuple[list[Row]
                 if base.baseline and base.group == row.group and base.name not in wanted:
                     wanted.add(base.name)
                     notes.append(f"added baseline row {base.name} (for {row.name}'s ratios)")
+    for row in rows:
+        ref = row.reference
+        if row.name in wanted and ref is not None and ref not in wanted:
+            if ref not in by_name:
+                raise ValueError(f"row {row.name}: reference row {ref!r} does not exist")
+            wanted.add(ref)
+            notes.append(f"added reference row {ref} (for {row.name}'s added latency)")
     return [row for row in rows if row.name in wanted], notes
 
 
@@ -339,12 +664,17 @@ def missing_tools(rows: Sequence[Row]) -> list[str]:
     return out
 
 
-def _version(argv: list[str]) -> str:
+def _version_text(argv: list[str]) -> str:
+    """What `argv` prints (stdout and stderr; bounded, 10 s), or 'unknown (why)'."""
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unknown ({exc})"
-    lines = (done.stdout + done.stderr).strip().splitlines()
+    return done.stdout + done.stderr
+
+
+def _version(argv: list[str]) -> str:
+    lines = _version_text(argv).strip().splitlines()
     return lines[0].strip() if lines else "unknown"
 
 
@@ -568,30 +898,35 @@ def measure_once(
         if settings.settle_s > 0
         else (0.0, None)
     )
-    proc = target.proc
     ticks0 = machine.read_core_ticks()
     own0, kids0 = time.process_time(), _children_cpu_s()
     backend0 = peers.process_cpu_seconds(backend.pid)
     wall0 = time.monotonic()
-    before = peers.process_cpu_seconds(proc.pid) if proc is not None else None
+    helpers0 = _cpu_by_process(target.helpers)
+    before = _cpu_by_process(target.proxies)
     try:
         result = drive()
     finally:
-        if proc is not None and not proc.alive():
-            raise BenchError("proxy crashed under load: " + proc.describe_exit())
-    cpu = (
-        peers.process_cpu_seconds(proc.pid) - before
-        if proc is not None and before is not None
-        else None
-    )
+        for proc in target.processes():
+            if not proc.alive():
+                raise BenchError(f"{proc.name} crashed under load: " + proc.describe_exit())
+    after = _cpu_by_process(target.proxies)
+    helpers = {k: v - helpers0[k] for k, v in _cpu_by_process(target.helpers).items()}
+    by_process = {k: v - before[k] for k, v in after.items()}
+    cpu = sum(by_process.values()) if by_process else None
     wall = time.monotonic() - wall0
     ticks1 = machine.read_core_ticks()
     load_ours = (
         (time.process_time() - own0)
         + (_children_cpu_s() - kids0)
         + (peers.process_cpu_seconds(backend.pid) - backend0)
+        + sum(helpers.values())
     )
     m = _measurement(result, cpu)
+    if len(by_process) > 1:
+        m["proxy_cpu_s_by_process"] = by_process
+    if helpers:
+        m["load_helpers_cpu_s"] = helpers
     shared = settings.load_core == settings.proxy_core
     m["interference"] = {
         "settle_wait_s": round(waited, 3),
@@ -604,6 +939,19 @@ def measure_once(
         else _foreign(machine.busy_seconds(ticks0, ticks1, settings.proxy_core), cpu or 0.0, wall),
     }
     return m
+
+
+def _cpu_by_process(procs: Sequence[peers.Proc]) -> dict[str, float]:
+    return {p.name: peers.process_cpu_seconds(p.pid) for p in procs}
+
+
+def _tails(target: Target) -> str:
+    parts = [
+        f"[{p.name}]\n{tail}" if len(target.processes()) > 1 else tail
+        for p in target.processes()
+        if (tail := p.tail())
+    ]
+    return "\n".join(parts)
 
 
 def _check_h2(target: Target, row: Row, settings: Settings) -> str | None:
@@ -630,11 +978,13 @@ def check_target(target: Target, row: Row | None = None, settings: Settings | No
         problem = _check_h2(target, row, settings or Settings())
         if problem is not None:
             time.sleep(0.2)
-            tail = target.proc.tail() if target.proc is not None else ""
+            tail = _tails(target)
             raise BenchError(problem + (f"; proxy log tail:\n{tail}" if tail else ""))
         return
     try:
-        reply = peers.http_get(target.port, "/", timeout=5.0)
+        reply = peers.http_get(
+            target.port, "/", timeout=5.0, headers=row.headers if row is not None else ()
+        )
     except (OSError, http.client.HTTPException) as exc:
         problem = f"GET / through the proxy failed: {type(exc).__name__}: {exc}"
     else:
@@ -647,13 +997,23 @@ def check_target(target: Target, row: Row | None = None, settings: Settings | No
             )
     if problem is not None:
         time.sleep(0.2)  # let the proxy's last words reach its log
-        tail = target.proc.tail() if target.proc is not None else ""
+        tail = _tails(target)
         raise BenchError(problem + (f"; proxy log tail:\n{tail}" if tail else ""))
 
 
-def _peer_doc(peer: Peer) -> dict[str, Any]:
+def _peer_doc(peer: object) -> dict[str, Any]:
+    """{"kind": class name in lower case, field: value...}; a peer inside (a TLS client's)
+    nests the same way."""
     names: dict[str, Any] = getattr(peer, "__dataclass_fields__", {})
-    return {"kind": type(peer).__name__.lower(), **{n: getattr(peer, n) for n in names}}
+    out: dict[str, Any] = {"kind": type(peer).__name__.lower()}
+    for n in names:
+        value = getattr(peer, n)
+        if hasattr(value, "__dataclass_fields__"):
+            value = _peer_doc(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[n] = value
+    return out
 
 
 def _row_doc(row: Row) -> dict[str, Any]:
@@ -665,6 +1025,7 @@ def _row_doc(row: Row) -> dict[str, Any]:
         "peer": _peer_doc(row.peer),
         "headers": list(row.headers),
         "load": row.load,
+        "reference": row.reference,
         "status": "ok",
         "note": "",
         "runs": [],
@@ -742,13 +1103,14 @@ def run_benchmark(rows: Sequence[Row], settings: Settings) -> dict[str, Any]:
             try:
                 target = row.peer.start(env, row.name)
                 check_target(target, row, settings)
-            except (peers.StartError, BenchError, OSError) as exc:
+            except (peers.StartError, BenchError, PkiError, OSError) as exc:
                 doc["status"], doc["note"] = "failed", f"did not start: {exc}"
                 _say(f"FAIL  {row.name}: {doc['note']}")
                 procs.stop_named(row.name)
                 continue
             started[row.name] = target
-            pid = f" pid {target.proc.pid}" if target.proc else ""
+            pids = ", ".join(f"{p.name} {p.pid}" for p in target.processes())
+            pid = f" ({pids})" if pids else ""
             _say(f"ready {row.name}: 127.0.0.1:{target.port}{pid}")
 
         def drive(row: Row, target: Target, *, fixed: bool, warmup: bool = False) -> LoadResult:
@@ -797,10 +1159,9 @@ def run_benchmark(rows: Sequence[Row], settings: Settings) -> dict[str, Any]:
                     backend=nginx,
                     drive=lambda: drive(row, target, fixed=fixed),
                 )
-                noise = report.interference_of(m, proxy=target.proc is not None)
-                if best is not None and noise >= report.interference_of(
-                    best, proxy=target.proc is not None
-                ):
+                proxy = bool(target.proxies)
+                noise = report.interference_of(m, proxy=proxy)
+                if best is not None and noise >= report.interference_of(best, proxy=proxy):
                     discarded.append({"kind": kind, **m})
                 else:
                     if best is not None:
@@ -893,6 +1254,21 @@ def result_path(doc: dict[str, Any], directory: Path = RESULTS_DIR) -> Path:
     return directory / f"{stamp}-{short}.json"
 
 
+def is_full_run(rows: str | None, *, quick: bool, runs: int) -> bool:
+    """Whether a run is the full one the README shows: the default rows, not --quick, ≥ 3
+    runs."""
+    return rows is None and not quick and runs >= 3
+
+
+def output_dir(out: Path | None, *, full: bool) -> Path:
+    """Where a run's JSON goes: `--out`, else benchmarks/results for a full run and
+    benchmarks/results/partial for any other (so the newest file in benchmarks/results is
+    always the full run the README table shows)."""
+    if out is not None:
+        return out
+    return RESULTS_DIR if full else PARTIAL_DIR
+
+
 def newest_result(directory: Path = RESULTS_DIR) -> Path | None:
     """The newest result file (names start with a UTC timestamp)."""
     files = sorted(directory.glob("*.json"))
@@ -964,7 +1340,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--retries", type=int, default=2, help="repeats per noisy measurement (default 2)"
     )
-    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the JSON goes")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="where the JSON goes (default: benchmarks/results for a full run, "
+        "benchmarks/results/partial for --rows, --quick or fewer than 3 runs)",
+    )
     readme = p.add_mutually_exclusive_group()
     readme.add_argument(
         "--readme",
@@ -1076,12 +1457,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = report.validate_result(doc)
     if problems:  # a harness bug: say so, but keep the data
         print("warning: result does not match its schema:\n  " + "\n  ".join(problems))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = result_path(doc, args.out)
+    full = is_full_run(args.rows, quick=bool(args.quick), runs=settings.runs)
+    out = output_dir(args.out, full=full)
+    out.mkdir(parents=True, exist_ok=True)
+    path = result_path(doc, out)
     path.write_text(json.dumps(doc, indent=2) + "\n")
     _say(f"\nwrote {path} ({time.monotonic() - started:.0f} s)\n")
     _say(report.render_report(doc, path.name))
-    full = args.rows is None and not args.quick and settings.runs >= 3
     if args.readme or (full and not args.no_readme):
         update_readme(doc, path)
         _say(f"\nupdated {README.relative_to(ROOT)}")

@@ -414,9 +414,13 @@ def test_default_rows() -> None:
         "pymesh-l7-h11",
         "haproxy-h2",
         "pymesh-h2",
+        "haproxy-l7-tls",
+        "pymesh-l7-mtls",
+        "pair-haproxy",
+        "pair-pymesh-mtls",
     ]
     assert notes == []
-    assert {r.group for r in rows if r.baseline} == {"l4", "l7", "h2"}
+    assert {r.group for r in rows if r.baseline} == {"l4", "l7", "h2", "l7-tls", "pair"}
     assert {r.name for r in rows if r.load == "h2load"} == {"haproxy-h2", "pymesh-h2"}
 
 
@@ -837,3 +841,447 @@ def test_h2_goal_and_description() -> None:
     assert "--log-file" in text
     # a document without h2load rows reads as before
     assert "h2load" not in report.render_report(_sample_doc(), "x.json").split("Goals")[0]
+
+
+# --------------------------------------------------------------------------- TLS rows, pairs
+
+
+def test_tls_rows_and_their_baselines() -> None:
+    rows, notes = run.select_rows("pymesh-l7-mtls")
+    assert [r.name for r in rows] == ["haproxy-l7-tls", "pymesh-l7-mtls"]
+    assert notes == ["added baseline row haproxy-l7-tls (for pymesh-l7-mtls's ratios)"]
+    haproxy, pymesh = rows
+    assert haproxy.peer == run.TlsClient(run.Haproxy("http", tls=True, acl_log=True))
+    assert pymesh.peer == run.TlsClient(
+        run.Pymesh("http", codec="httptools", mtls=True, allow=("client",), access_log=True)
+    )
+    l4, _ = run.select_rows("pymesh-l4-mtls")
+    assert [r.name for r in l4] == ["haproxy-l4-tls", "pymesh-l4-mtls"]
+    assert all(isinstance(r.peer, run.TlsClient) and r.peer.alpn is None for r in l4)
+    assert {r.name for r in run.ROWS if not r.default} >= {
+        "haproxy-l7-tls-bare",
+        "pymesh-l7-mtls-bare",
+        "haproxy-l4-tls",
+        "pymesh-l4-mtls",
+    }
+
+
+def test_selecting_a_pair_adds_its_baseline_and_reference() -> None:
+    rows, notes = run.select_rows("pair-pymesh-mtls")
+    assert [r.name for r in rows] == ["direct", "pair-haproxy", "pair-pymesh-mtls"]
+    assert notes == [
+        "added baseline row pair-haproxy (for pair-pymesh-mtls's ratios)",
+        "added reference row direct (for pair-haproxy's added latency)",
+    ]
+    assert all(r.headers == ("Host: api",) for r in rows[1:])
+    assert rows[2].peer == run.PymeshPair(codec="httptools")
+
+
+def test_selecting_groups() -> None:
+    rows, notes = run.select_rows("pair, l4-tls")
+    assert [r.name for r in rows] == [
+        "direct",
+        "pair-haproxy",
+        "pair-pymesh-mtls",
+        "haproxy-l4-tls",
+        "pymesh-l4-mtls",
+    ]
+    assert notes == ["added reference row direct (for pair-haproxy's added latency)"]
+    with pytest.raises(ValueError, match=r"groups: .*l7-tls-bare"):
+        run.select_rows("tls")
+
+
+def test_every_reference_is_a_row_and_every_row_doc_is_json() -> None:
+    names = {r.name for r in run.ROWS}
+    for row in run.ROWS:
+        assert row.reference is None or row.reference in names
+        doc = json.loads(json.dumps(run._row_doc(row)))
+        assert doc["name"] == row.name
+    mtls = next(r for r in run.ROWS if r.name == "pymesh-l7-mtls")
+    peer = run._row_doc(mtls)["peer"]
+    assert peer["kind"] == "tlsclient"
+    assert peer["alpn"] == "http/1.1"
+    assert peer["inner"]["kind"] == "pymesh"
+    assert peer["inner"]["allow"] == ["client"]
+    assert peer["inner"]["mtls"] is True
+
+
+def test_tls_rows_need_haproxy() -> None:
+    rows, _ = run.select_rows("pair-pymesh-mtls,pymesh-l7-mtls")
+    assert "haproxy" in {t for r in rows for t in r.peer.tools()}
+
+
+def test_haproxy_config_tls_acl_and_log() -> None:
+    tls = peers.HaproxyTls(Path("/p/backend.pem"), Path("/p/bundle.pem"))
+    cfg = peers.haproxy_config(
+        mode="http", port=18082, backend_port=18081, bind_tls=tls, acl_log=True
+    )
+    assert (
+        "    bind 127.0.0.1:18082 ssl crt /p/backend.pem ca-file /p/bundle.pem "
+        "verify required ssl-min-ver TLSv1.3\n" in cfg
+    )
+    assert "    log stdout format raw local0\n" in cfg
+    assert "    log global\n    option httplog\n" in cfg
+    assert "    acl bench_paths path_beg /\n    http-request deny unless bench_paths\n" in cfg
+    assert "    server nginx 127.0.0.1:18081\n" in cfg  # plaintext to nginx
+    plain = peers.haproxy_config(mode="http", port=1, backend_port=2, bind_tls=tls)
+    assert "httplog" not in plain
+    assert "acl" not in plain
+    assert "ssl crt /p/backend.pem" in plain
+
+
+def test_haproxy_config_tls_client() -> None:
+    tls = peers.HaproxyTls(Path("/p/client.pem"), Path("/p/bundle.pem"), alpn="http/1.1")
+    cfg = peers.haproxy_config(
+        mode="tcp", port=18090, backend_port=18082, server_tls=tls, server_name="proxy"
+    )
+    assert "    bind 127.0.0.1:18090\n" in cfg
+    assert (
+        "    server proxy 127.0.0.1:18082 ssl crt /p/client.pem ca-file /p/bundle.pem "
+        "verify required ssl-min-ver TLSv1.3 alpn http/1.1\n" in cfg
+    )
+    assert "mode tcp" in cfg
+
+
+def test_haproxy_config_rejects_bad_combinations() -> None:
+    tls = peers.HaproxyTls(Path("/a"), Path("/b"))
+    with pytest.raises(ValueError, match="acl_log"):
+        peers.haproxy_config(mode="tcp", port=1, backend_port=2, acl_log=True)
+    with pytest.raises(ValueError, match="h2c"):
+        peers.haproxy_config(mode="http", port=1, backend_port=2, h2c=True, bind_tls=tls)
+
+
+def test_haproxy_accepts_the_tls_configs(tmp_path: Path) -> None:
+    """haproxy's own config check (`haproxy -c`) on every TLS config the harness writes,
+    with real certificates from the pymesh CA."""
+    try:
+        haproxy = run._tool("haproxy")
+    except run.BenchError:
+        pytest.skip("haproxy is not installed")
+    if run._haproxy_ssl_missing() is not None:
+        pytest.skip("haproxy without OpenSSL")
+    import subprocess
+
+    pki = _pki(tmp_path)
+    server, client = pki.identity("backend"), pki.identity("client")
+    configs = {
+        "l7-tls": peers.haproxy_config(
+            mode="http",
+            port=1,
+            backend_port=2,
+            bind_tls=peers.HaproxyTls(server.haproxy_pem, server.bundle),
+            acl_log=True,
+        ),
+        "l4-tls": peers.haproxy_config(
+            mode="tcp",
+            port=1,
+            backend_port=2,
+            bind_tls=peers.HaproxyTls(server.haproxy_pem, server.bundle),
+        ),
+        "client": peers.haproxy_config(
+            mode="tcp",
+            port=1,
+            backend_port=2,
+            server_tls=peers.HaproxyTls(client.haproxy_pem, client.bundle, "http/1.1"),
+            server_name="proxy",
+        ),
+        "pair-a": peers.haproxy_config(
+            mode="http",
+            port=1,
+            backend_port=2,
+            server_tls=peers.HaproxyTls(client.haproxy_pem, client.bundle),
+            server_name="b",
+        ),
+    }
+    for name, text in configs.items():
+        cfg = tmp_path / f"{name}.cfg"
+        cfg.write_text(text)
+        done = subprocess.run(
+            [haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=20
+        )
+        assert done.returncode == 0, (name, done.stdout + done.stderr)
+
+
+def _pki(tmp_path: Path) -> Any:
+    from benchmarks.pki import Pki
+
+    return Pki(tmp_path / "pki", python=sys.executable, env={"PYTHONPATH": str(ROOT / "src")})
+
+
+def test_pki_issues_identities_with_the_pymesh_cli(tmp_path: Path) -> None:
+    from benchmarks.pki import spiffe_id
+    from cryptography import x509
+
+    pki = _pki(tmp_path)
+    ident = pki.identity("client")
+    assert pki.identity("client") is ident  # issued once
+    assert ident.dir == tmp_path / "pki" / "id-client"
+    for f in (ident.cert, ident.key, ident.bundle):
+        assert f.is_file()
+    combined = ident.haproxy_pem.read_bytes()
+    assert combined.count(b"-----BEGIN CERTIFICATE-----") == 2  # leaf + intermediate
+    assert combined.count(b"-----BEGIN PRIVATE KEY-----") == 1
+    assert ident.haproxy_pem.stat().st_mode & 0o777 == 0o600
+    leaf = x509.load_pem_x509_certificate(ident.cert.read_bytes())
+    uris = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(u.value) for u in uris] == [spiffe_id("client")]
+    assert spiffe_id("client") == "spiffe://bench.local/ns/default/sa/client"
+    # one CA for every identity
+    assert pki.identity("backend").bundle.read_bytes() == ident.bundle.read_bytes()
+
+
+def test_pki_reports_cli_failures(tmp_path: Path) -> None:
+    from benchmarks.pki import Pki, PkiError
+
+    pki = Pki(tmp_path, python=sys.executable, env={"PYTHONPATH": str(ROOT / "src")})
+    (tmp_path / "ca").mkdir()
+    (tmp_path / "ca" / "junk").write_text("x")  # `ca init` refuses a non-empty directory
+    with pytest.raises(PkiError, match="ca init"):
+        pki.identity("client")
+
+
+def _load_mesh(tmp_path: Path, text: str) -> Any:
+    from pymesh.policy.snapshot import Mesh
+
+    path = tmp_path / "mesh.yaml"
+    path.write_text(text)
+    return Mesh.load(path)
+
+
+def test_pymesh_config_strict_with_a_traffic_target(tmp_path: Path) -> None:
+    from pymesh.policy.authz import decide
+
+    text = peers.pymesh_config(
+        protocol="http", backend_port=18081, mtls="STRICT", allow=("client",)
+    )
+    docs = list(yaml.safe_load_all(text))
+    assert docs[0]["spec"] == {"trustDomain": "bench.local", "mtls": "STRICT"}
+    assert [d["kind"] for d in docs] == ["Mesh", "Service", "HTTPRouteGroup", "TrafficTarget"]
+    mesh = _load_mesh(tmp_path, text)  # pymesh's own loader accepts it
+    client = "spiffe://bench.local/ns/default/sa/client"
+    allowed = decide(mesh, client, "backend", port=8080, method="GET", path="/")
+    assert allowed.allowed, allowed.reason
+    other = decide(
+        mesh, "spiffe://bench.local/ns/default/sa/web", "backend", port=8080, method="GET"
+    )
+    assert not other.allowed
+    # tcp: a TCPRoute on the service port
+    tcp = peers.pymesh_config(protocol="tcp", backend_port=1, mtls="STRICT", allow=("client",))
+    assert decide(_load_mesh(tmp_path, tcp), client, "backend", port=8080).allowed
+    # no allow-list: authorization checks nothing
+    bare = _load_mesh(tmp_path, peers.pymesh_config(protocol="http", backend_port=1, mtls="STRICT"))
+    assert decide(bare, None, "backend", port=8080, method="GET").allowed
+    with pytest.raises(ValueError, match="mtls"):
+        peers.pymesh_config(protocol="http", backend_port=1, mtls="strict")
+
+
+def test_pymesh_pair_config(tmp_path: Path) -> None:
+    from pymesh.policy.authz import decide
+
+    text = peers.pymesh_pair_config(server_inbound=18086)
+    mesh = _load_mesh(tmp_path, text)
+    services = {
+        d["metadata"]["name"]: d for d in yaml.safe_load_all(text) if d["kind"] == "Service"
+    }
+    assert services["api"]["spec"]["endpoints"] == [{"address": "127.0.0.1", "port": 18086}]
+    assert "endpoints" not in services["web"]["spec"]
+    assert next(yaml.safe_load_all(text))["spec"]["mtls"] == "STRICT"
+    web = "spiffe://bench.local/ns/default/sa/web"
+    assert decide(mesh, web, "api", port=8080, method="GET", path="/").allowed
+    assert not decide(mesh, None, "api", port=8080, method="GET", path="/").allowed
+
+
+def test_pymesh_argv_for_mtls_sidecars() -> None:
+    from pymesh.cli import build_parser
+
+    argv = peers.pymesh_argv(
+        python="py",
+        config=Path("c.yaml"),
+        inbound=1,
+        outbound=2,
+        admin=3,
+        app=4,
+        service="api",
+        identity_dir=Path("/p/id-api"),
+        access_log=True,
+    )
+    assert "--no-access-log" not in argv
+    args = build_parser().parse_args(argv[3:])
+    assert (args.service, args.identity_dir, args.no_access_log) == ("api", "/p/id-api", False)
+
+
+def test_parse_header() -> None:
+    assert peers.parse_header("Host: api") == ("Host", "api")
+    assert peers.parse_header("Connection:close") == ("Connection", "close")
+    for bad in ("no colon", ": value", " Host: x", ":authority: backend:8080"):
+        with pytest.raises(ValueError, match="header"):
+            peers.parse_header(bad)
+
+
+def test_http_get_sends_extra_headers() -> None:
+    import http.server
+    import threading
+
+    seen: list[list[str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get_all("Host") or [])
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        port = server.server_address[1]
+        reply = peers.http_get(port, "/", timeout=5.0, headers=("Host: api",))
+        default = peers.http_get(port, "/", timeout=5.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5.0)
+    assert (reply.status, reply.body) == (200, b"ok")
+    assert default.status == 200
+    assert seen == [["api"], [f"127.0.0.1:{port}"]]
+
+
+def test_process_names_and_logs(tmp_path: Path) -> None:
+    with peers.Processes(tmp_path) as procs:
+        a = procs.start("pair/a", ["sleep", "30"], core=None)
+        b = procs.start("pair/b", ["sleep", "30"], core=None)
+        other = procs.start("pairx", ["sleep", "30"], core=None)
+        assert a.log == tmp_path / "pair-a.log"
+        procs.stop_named("pair")
+        assert not a.alive()
+        assert not b.alive()
+        assert other.alive()
+    assert not other.alive()
+
+
+def test_tail_reads_only_the_end(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    log.write_text("".join(f"line {i}\n" for i in range(100_000)))
+    proc = peers.Proc("x", None, log)  # type: ignore[arg-type]  # tail() needs only the log
+    assert proc.tail(2) == "line 99998\nline 99999"
+    assert proc.tail(1, max_bytes=5) == "9999"
+
+
+def test_output_dir_keeps_partial_runs_apart() -> None:
+    assert run.is_full_run(None, quick=False, runs=3)
+    assert not run.is_full_run("pair", quick=False, runs=3)
+    assert not run.is_full_run(None, quick=True, runs=3)
+    assert not run.is_full_run(None, quick=False, runs=1)
+    assert run.output_dir(None, full=True) == run.RESULTS_DIR
+    assert run.output_dir(None, full=False) == run.RESULTS_DIR / "partial"
+    assert run.output_dir(Path("/x"), full=False) == Path("/x")
+
+
+def _pair_run(p50: float, p99: float, cpu: dict[str, float] | None) -> Any:
+    r = _run(30e3, 3000, 20, sum(cpu.values()) if cpu else None)
+    r["fixed_rate"]["percentiles_us"].update({"50": p50, "99": p99})
+    if cpu is not None:
+        requests = r["fixed_rate"]["requests"]
+        r["fixed_rate"]["proxy_cpu_s_by_process"] = {k: v * requests / 1e6 for k, v in cpu.items()}
+    return r
+
+
+def _pair_doc() -> Any:
+    direct = _row("direct", "direct", [_pair_run(40, 100, None)] * 3)
+    haproxy = _row(
+        "pair-haproxy",
+        "pair",
+        [_pair_run(240, 560, {"pair-haproxy/a": 48, "pair-haproxy/b": 47})] * 3,
+        baseline=True,
+    )
+    pymesh = _row(
+        "pair-pymesh-mtls",
+        "pair",
+        [
+            _pair_run(640, 1800, {"pair-pymesh-mtls/web": 60, "pair-pymesh-mtls/api": 80}),
+            _pair_run(600, 1700, {"pair-pymesh-mtls/web": 70, "pair-pymesh-mtls/api": 90}),
+            _pair_run(700, 1900, {"pair-pymesh-mtls/web": 50, "pair-pymesh-mtls/api": 120}),
+        ],
+    )
+    for row in (haproxy, pymesh):
+        row["reference"] = "direct"
+        row["peer"] = {"kind": "pymeshpair"}
+    return _doc([direct, haproxy, pymesh])
+
+
+def test_added_latency_and_per_process_cpu() -> None:
+    doc = _pair_doc()
+    assert report.validate_result(doc) == []
+    rows = {row["name"]: row for row in doc["rows"]}
+    pymesh = rows["pair-pymesh-mtls"]
+    assert pymesh["added"] == {"reference": "direct", "p50_us": 600.0, "p99_us": 1700.0}
+    assert pymesh["per_process"]["pair-pymesh-mtls/web"]["cpu_us_per_req_fixed"] == (
+        pytest.approx(60.0)
+    )
+    assert pymesh["per_process"]["pair-pymesh-mtls/api"]["cpu_us_per_req_fixed"] == (
+        pytest.approx(90.0)
+    )
+    assert pymesh["ratios"]["fixed_p50"] == pytest.approx(640 / 240)
+    assert pymesh["ratios"]["fixed_p99"] == pytest.approx(1800 / 560)
+    assert rows["pair-haproxy"]["added"]["p50_us"] == 200.0
+    assert "added" not in rows["direct"]
+    # a reference that did not run: no added latency
+    rows["direct"]["status"] = "failed"
+    assert report.added_latency(pymesh, rows["direct"]) is None
+    assert report.added_latency(pymesh, None) is None
+
+
+def test_pairs_table_and_goals() -> None:
+    doc = _pair_doc()
+    table = report.render_pairs_table(doc)
+    assert table is not None
+    lines = table.splitlines()
+    assert lines[2].startswith("| direct (reference) | 40 µs | 100 µs | — | — |")
+    # the sum's median (of 140, 160, 170) is not the sum of the per-process medians
+    assert "| +600 µs | +1.70 ms | 160.0 | web 60.0 + api 90.0 |" in lines[4]
+    assert report.render_pairs_table(_sample_doc()) is None
+    goals = report.render_goals(doc)
+    pair = next(g for g in goals.splitlines() if "sidecar pair with mTLS" in g)
+    assert "+600 µs p50, +1.70 ms p99" in pair
+    assert "2.67\u00d7 haproxy pair's p50 ✗" in pair
+    cpu = next(g for g in goals.splitlines() if "sidecar CPU" in g)
+    assert "90.0 µs/req (busier sidecar of the pair)" in cpu
+    text = report.render_report(doc, "x.json")
+    assert "Sidecar pairs at the fixed rate (1,000 req/s)" in text
+    assert "Sidecar pairs: wrk → A" in text
+    assert "TLS rows:" not in text  # no TLS client row in this document
+
+
+def test_added_schema_violations() -> None:
+    doc = copy.deepcopy(_pair_doc())
+    doc["rows"][2]["added"] = {"reference": "direct"}
+    doc["rows"][1]["per_process"] = {"a": 1}
+    problems = report.validate_result(doc)
+    assert any("added: missing 'p50_us'" in p for p in problems), problems
+    assert any("per_process: expected object of objects" in p for p in problems), problems
+
+
+def test_tls_goals() -> None:
+    doc = _doc(
+        [
+            _row("haproxy-l7-tls", "l7-tls", [_run(40e3, 2000, 15, 70)] * 3, baseline=True),
+            _row("pymesh-l7-mtls", "l7-tls", [_run(20e3, 4000, 50, 200)] * 3),
+            _row("haproxy-l4-tls", "l4-tls", [_run(45e3, 2000, 11, 67)] * 3, baseline=True),
+            _row("pymesh-l4-mtls", "l4-tls", [_run(44e3, 2000, 14, 80)] * 3),
+        ]
+    )
+    doc["rows"][1]["peer"] = {"kind": "tlsclient", "inner": {"kind": "pymesh"}}
+    goals = {line.split("|")[1].strip(): line for line in report.render_goals(doc).splitlines()}
+    assert "**met**: 0.50\u00d7 req/s" in goals["L7 HTTP/1.1, mTLS + authz + metrics + access log"]
+    assert "**met** (partly measured): 0.98\u00d7 req/s (L4)" in goals["TLS keep-alive"]
+    assert "TLS rows: wrk cannot present a client certificate" in report.render_report(doc, "x")
+
+
+@pytest.mark.parametrize(("us", "text"), [(412.0, "+412 µs"), (-3.0, "-3 µs"), (None, "—")])
+def test_fmt_added(us: float | None, text: str) -> None:
+    assert report.fmt_added(us) == text
