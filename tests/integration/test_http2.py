@@ -194,7 +194,6 @@ async def test_rapid_reset_client_is_cut_off_while_others_are_served() -> None:
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 async def test_drain_sends_goaway_and_lets_the_stream_finish() -> None:
     """curl (which handles a graceful GOAWAY as RFC 9113 says; h2's own client does not)."""
-    from tests.helpers import BackendRequest
 
     async def slow(req: BackendRequest) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         await asyncio.sleep(0.5)
