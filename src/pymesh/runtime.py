@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, TypeVar
 
@@ -60,7 +61,19 @@ def run_loop(main: Coroutine[Any, Any, T], *, loop: LoopName = "uvloop") -> T:
 
 
 def install_signal_handlers(on_signal: Callable[[signal.Signals], None]) -> None:
-    """Call `on_signal(sig)` on SIGTERM and SIGINT (inside the running loop)."""
+    """Call `on_signal(sig)` on SIGTERM and SIGINT (inside the running loop).
+
+    SIGUSR1 writes every task's stack to stderr (what a process that will not stop is
+    waiting for)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+
+
+def dump_tasks() -> None:
+    """Print every task of the running loop with its stack to stderr."""
+    for task in asyncio.all_tasks():
+        print(f"--- task {task.get_name()}: {task!r}", file=sys.stderr)
+        task.print_stack(limit=20, file=sys.stderr)
+    sys.stderr.flush()

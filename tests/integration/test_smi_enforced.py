@@ -108,6 +108,11 @@ async def test_smi_l7_example_is_enforced(example: Path, ca: CertificateAuthorit
         # Plaintext straight to the STRICT inbound port: refused before any HTTP.
         out = await raw_exchange(api.inbound_address, b"GET /api HTTP/1.1\r\nHost: a\r\n\r\n")
         assert out == b""
+        # The allow-list runs as a synchronous guard, so allowed requests keep the fast path.
+        inbound = api._inbound_router
+        assert inbound is not None
+        route = inbound.by_port(8080)
+        assert route is not None and route.fast is not None and route.guard is not None
         metrics = api.registry.render().decode()
         assert 'pymesh_authz_decisions_total{decision="allow",protocol="http"} 4' in metrics
         assert 'pymesh_authz_decisions_total{decision="deny",protocol="http"} 5' in metrics

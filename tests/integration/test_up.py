@@ -161,7 +161,14 @@ def assert_gone(pids: set[int]) -> None:
     deadline = time.monotonic() + 5.0  # orphans are reaped by init asynchronously
     while (left := {p for p in pids if alive(p)}) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not left, f"still running after pymesh up exited: {left}"
+    if left:
+        names = {}
+        for p in left:
+            try:
+                names[p] = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:200]
+            except OSError:
+                names[p] = b"?"
+        pytest.fail(f"still running after pymesh up exited: {names}")
 
 
 def processes_with_arg(arg: str) -> set[int]:

@@ -340,6 +340,9 @@ class ControlPlaneClient:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise asyncio.CancelledError from exc  # being stopped: stop
                     _log.warning(
                         "control_plane_disconnected",
                         error=repr(exc),
@@ -356,17 +359,23 @@ class ControlPlaneClient:
             self._rotate()
 
     async def _follow(self, sidecar: Sidecar) -> None:
+        """Both streams until either ends (then the caller reconnects)."""
         host, port = sidecar.inbound_address
-        async with asyncio.TaskGroup() as tg:
-            config = tg.create_task(self._config_loop(sidecar))
-            endpoint = tg.create_task(self._endpoint_loop(f"{host}:{port}"))
+        config = spawn(self._config_loop(sidecar), name="cp.config")
+        endpoint = spawn(self._endpoint_loop(f"{host}:{port}"), name="cp.endpoint")
+        try:
             done, _ = await asyncio.wait({config, endpoint}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # (plain tasks, not a TaskGroup: on 3.11 a TaskGroup whose body raises while the
+            # parent is being cancelled can swallow the cancellation — a sidecar that then
+            # never stops on SIGTERM)
             for t in (config, endpoint):
                 t.cancel()
-            for t in done:
-                if not t.cancelled() and t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]
-            raise ControlPlaneError("a control-plane stream ended")
+            await asyncio.gather(config, endpoint, return_exceptions=True)
+        for t in done:
+            if not t.cancelled() and (exc := t.exception()) is not None:
+                raise exc
+        raise ControlPlaneError("a control-plane stream ended")
 
     async def _config_loop(self, sidecar: Sidecar) -> None:
         response = await self._call(b"/v1/stream", {"service": self.service}, mtls=True)

@@ -508,6 +508,9 @@ class H1Connection(asyncio.Protocol):
         fwd = route.fast
         if fwd is None:
             return False
+        guard = route.guard
+        if guard is not None and not guard(request):
+            return False  # the task path runs the filters in full and renders the refusal
         address = fwd.cluster.pick()
         if address is None:
             return False

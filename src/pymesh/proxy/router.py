@@ -177,6 +177,7 @@ class Route:
     __slots__ = (
         "cluster",
         "fast",
+        "guard",
         "handler",
         "host",
         "namespace",
@@ -194,6 +195,9 @@ class Route:
         cluster: Cluster,
         handler: HttpService,
         tls: TlsOrigin | None = None,
+        *,
+        fast: Forwarder | None = None,
+        guard: Callable[[Request], bool] | None = None,
     ) -> None:
         self.service = service
         self.tls = tls  # mTLS origination for L4 tunnels (CONNECT) to this port
@@ -204,10 +208,14 @@ class Route:
         self.workload = service
         # The destination service's FQDN (the `destination_service` metric label).
         self.host = f"{service}.{namespace}.svc.cluster.local"
-        # A route without filters may skip the task machinery (see H1Connection._try_fast).
-        self.fast: Forwarder | None = (
-            handler if isinstance(handler, Forwarder) and not handler.h2 else None
-        )
+        # A route without filters may skip the task machinery (see H1Connection._try_fast);
+        # so may one whose only filters are synchronous checks (`guard`, e.g. authorization):
+        # the fast path runs the guard and, when it says no, leaves the request to the task
+        # path, where the same filters run in full and render the refusal.
+        if fast is None and isinstance(handler, Forwarder):
+            fast = handler
+        self.fast: Forwarder | None = fast if fast is not None and not fast.h2 else None
+        self.guard = guard
 
 
 def _names(r: Resource, source_namespace: str) -> Iterable[bytes]:
@@ -217,6 +225,16 @@ def _names(r: Resource, source_namespace: str) -> Iterable[bytes]:
     yield f"{name}.{ns}".encode()
     yield f"{name}.{ns}.svc".encode()
     yield f"{name}.{ns}.svc.cluster.local".encode()
+
+
+def _all_of(checks: Sequence[Callable[[Request], bool]]) -> Callable[[Request], bool]:
+    if len(checks) == 1:
+        return checks[0]
+
+    def guard(request: Request) -> bool:
+        return all(c(request) for c in checks)
+
+    return guard
 
 
 @final
@@ -304,14 +322,18 @@ class InboundRouter:
                 [app] if app else [],
                 name=f"inbound|{p.port}|{service.name}.{service.namespace}",
             )
+            flist = list(filters(service, p))
+            fwd = Forwarder(cluster, pools, h2=p.protocol in _H2_PROTOCOLS)
+            checks = [getattr(f, "fast_check", None) for f in flist]
+            guarded = bool(flist) and all(c is not None for c in checks)
             route = Route(
                 service.name,
                 service.namespace,
                 p,
                 cluster,
-                compose(
-                    filters(service, p), Forwarder(cluster, pools, h2=p.protocol in _H2_PROTOCOLS)
-                ),
+                compose(flist, fwd),
+                fast=fwd if guarded else None,
+                guard=_all_of(checks) if guarded else None,  # type: ignore[arg-type]
             )
             self._by_port[p.port] = route
             routes.append(route)

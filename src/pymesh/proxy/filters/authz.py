@@ -77,8 +77,27 @@ class AuthzFilter:
         self.metrics = metrics
         self.protocol = protocol
 
+    def fast_check(self, request: Request) -> bool:
+        """The synchronous half for the fast path: True (and counted) if allowed; False
+        leaves the request to `__call__`, which decides again and records the denial."""
+        ctx = request.context
+        source = _source(ctx.source_principal, ctx.connection_security_policy)
+        d = self.authz.check_http(
+            source, self.port, request.method, request.target, request.headers
+        )
+        if not d.allowed:
+            return False
+        ctx.authz = d.rule or d.reason
+        if self.metrics is not None:
+            self.metrics.authz_decisions.inc(("allow", self.protocol))
+        return True
+
     async def __call__(self, request: Request, call_next: HttpService) -> Response:
         ctx = request.context
+        if ctx.authz:
+            # `fast_check` allowed (and counted) this request, then the fast path found no
+            # idle connection and handed it to the task path: decided already.
+            return await call_next(request)
         source = _source(ctx.source_principal, ctx.connection_security_policy)
         d = self.authz.check_http(
             source, self.port, request.method, request.target, request.headers
