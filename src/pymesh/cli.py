@@ -238,6 +238,20 @@ def _add_control_plane(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         metavar="HOST:PORT",
         help="admin endpoint: /ready /metrics /config_dump (default %(default)s)",
     )
+    p.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a sidecar's endpoint outlives its last heartbeat (default %(default)s)",
+    )
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often the config files are checked for changes (default %(default)s)",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     cp = p.add_subparsers(dest="cp_command", metavar="SUBCOMMAND")
     init = cp.add_parser(

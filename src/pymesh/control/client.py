@@ -136,12 +136,23 @@ def _is_self_signed(cert: x509.Certificate) -> bool:
 
 
 def _request(
-    method: bytes, path: bytes, authority: bytes, doc: dict[str, Any] | None, token: str | None
+    method: bytes,
+    path: bytes,
+    authority: bytes,
+    doc: dict[str, Any] | None,
+    token: str | None,
+    stream: Body | None = None,
 ) -> Request:
+    """A call; with `stream`, the body is NDJSON that goes on (`doc` is its first line)."""
     headers = [(b"host", authority), (b"accept", b"application/json")]
     body = None
     length = None
-    if doc is not None:
+    if stream is not None:
+        body = stream
+        if doc is not None:
+            stream.feed(json.dumps(doc).encode() + b"\n")
+        headers.append((b"content-type", b"application/x-ndjson"))
+    elif doc is not None:
         data = json.dumps(doc).encode()
         body = Body.complete(data)
         length = len(data)
@@ -154,13 +165,27 @@ def _request(
     return Request(method, path, authority, headers, body, ctx, content_length=length)
 
 
-async def _lines(response: Response) -> AsyncIterator[dict[str, Any]]:
-    """NDJSON messages of a streamed response (each line bounded)."""
+async def _lines(response: Response, idle: float | None = None) -> AsyncIterator[dict[str, Any]]:
+    """NDJSON messages of a streamed response (each line bounded). With `idle`, silence for
+    that long is an error: the control plane sends a ping at least every few seconds, so a
+    silent stream means a peer cut off the network (TCP alone may take minutes to notice)."""
     body = response.body
     if body is None:
         return
     buf = b""
-    while chunk := await body.read():
+    while True:
+        if idle is None:
+            chunk = await body.read()
+        else:
+            try:
+                async with asyncio.timeout(idle):
+                    chunk = await body.read()
+            except TimeoutError:
+                raise ControlPlaneError(
+                    f"no message from the control plane for {idle:g} s"
+                ) from None
+        if not chunk:
+            break
         buf += chunk
         if len(buf) > MAX_LINE and b"\n" not in buf:
             raise ControlPlaneError(f"a control-plane message over {MAX_LINE} bytes")
@@ -183,6 +208,7 @@ class ControlPlaneClient:
         service: str,
         *,
         connect_timeout: float = 5.0,
+        idle_timeout: float = 20.0,
         backoff_min: float = 0.2,
         backoff_max: float = 10.0,
     ) -> None:
@@ -196,11 +222,13 @@ class ControlPlaneClient:
         if self.info.service != self.service:
             raise ValueError(f"the token is for service {self.info.service}, not {self.service}")
         self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.credentials = Credentials()
         self.trust: PinnedTrust | None = None
         self.version: int | None = None  # the control plane's version in force
+        self.instance = ""  # which control-plane run that version came from
         self.mesh: Mesh | None = None
         self._next = random.randrange(len(self.addresses))
         self._pools: dict[tuple[tuple[str, int], bool], H2Pool] = {}
@@ -227,7 +255,9 @@ class ControlPlaneClient:
             self._pools[key] = pool
         return pool
 
-    async def _call(self, path: bytes, doc: dict[str, Any], *, mtls: bool) -> Response:
+    async def _call(
+        self, path: bytes, doc: dict[str, Any], *, mtls: bool, stream: Body | None = None
+    ) -> Response:
         address = self._address()
         if self.trust is None:
             self.trust = PinnedTrust(
@@ -237,7 +267,7 @@ class ControlPlaneClient:
         conn = await self._pool(address, mtls).acquire()
         authority = f"{address[0]}:{address[1]}".encode()
         token = None if mtls else self.token
-        return await conn.exchange(_request(b"POST", path, authority, doc, token))
+        return await conn.exchange(_request(b"POST", path, authority, doc, token, stream))
 
     async def _unary(self, path: bytes, doc: dict[str, Any], *, mtls: bool) -> dict[str, Any]:
         async with asyncio.timeout(self.connect_timeout * 2):
@@ -323,6 +353,7 @@ class ControlPlaneClient:
             )
             return None
         self.version = int(msg.get("version", 0))
+        self.instance = str(msg.get("instance", ""))
         self.mesh = mesh
         return mesh
 
@@ -361,8 +392,11 @@ class ControlPlaneClient:
     async def _follow(self, sidecar: Sidecar) -> None:
         """Both streams until either ends (then the caller reconnects)."""
         host, port = sidecar.inbound_address
-        config = spawn(self._config_loop(sidecar), name="cp.config")
-        endpoint = spawn(self._endpoint_loop(f"{host}:{port}"), name="cp.endpoint")
+        loop = asyncio.get_running_loop()
+        # (referenced here until both end; their failures are re-raised below, not logged
+        # as crashed tasks: a disconnection is ordinary)
+        config = loop.create_task(self._config_loop(sidecar), name="cp.config")
+        endpoint = loop.create_task(self._endpoint_loop(f"{host}:{port}"), name="cp.endpoint")
         try:
             done, _ = await asyncio.wait({config, endpoint}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -378,13 +412,16 @@ class ControlPlaneClient:
         raise ControlPlaneError("a control-plane stream ended")
 
     async def _config_loop(self, sidecar: Sidecar) -> None:
-        response = await self._call(b"/v1/stream", {"service": self.service}, mtls=True)
+        # `version`: we have a config already (a control plane that just restarted holds
+        # its first message back until the sidecars have re-registered their endpoints).
+        doc = {"service": self.service, "version": self.version, "instance": self.instance}
+        response = await self._call(b"/v1/stream", doc, mtls=True)
         if response.status != 200:
             raise ControlPlaneError(f"/v1/stream: {response.status}")
         host, port = self._address()
         _log.info("control_plane_connected", address=f"{host}:{port}")
         try:
-            async for msg in _lines(response):
+            async for msg in _lines(response, idle=self.idle_timeout):
                 if msg.get("type") != "config":
                     continue
                 mesh = self._parse(msg)
@@ -395,16 +432,36 @@ class ControlPlaneClient:
                 response.release(False)
 
     async def _endpoint_loop(self, address: str) -> None:
+        """Register `address`; heartbeats on the request stream keep the lease alive (the
+        control plane renews it only while they arrive)."""
         doc = {"service": self.service, "address": address}
-        response = await self._call(b"/v1/endpoints", doc, mtls=True)
+        beats = Body(high_water=4096)
+        response = await self._call(b"/v1/endpoints", doc, mtls=True, stream=beats)
         if response.status != 200:
             raise ControlPlaneError(f"/v1/endpoints: {response.status}")
+        period = 3.0
         try:
-            async for _ in _lines(response):
-                pass
+            async for msg in _lines(response, idle=self.idle_timeout):
+                if msg.get("type") == "registered":
+                    period = max(0.2, float(msg.get("lease_ttl", 10.0)) / 3)
+                    break
+            heart = asyncio.get_running_loop().create_task(self._heartbeat(beats, period))
+            try:
+                async for _ in _lines(response, idle=max(self.idle_timeout, period * 4)):
+                    pass
+            finally:
+                heart.cancel()
         finally:
+            beats.feed_eof()
             if response.release is not None:
                 response.release(False)
+
+    @staticmethod
+    async def _heartbeat(beats: Body, period: float) -> None:
+        while True:
+            if beats.buffered < 1024:
+                beats.feed(b'{"type":"heartbeat"}\n')
+            await asyncio.sleep(period)
 
     def close(self) -> None:
         """Close every connection."""

@@ -52,7 +52,18 @@ def _run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"pymesh control-plane: {exc}", file=sys.stderr)
         return 2
-    cp = ControlPlane(state, store, config=args.config or (), listen=listen, store_url=args.store)
+    if not (args.lease_ttl > 0 and args.poll_interval > 0):
+        print("pymesh control-plane: --lease-ttl and --poll-interval must be > 0", file=sys.stderr)
+        return 2
+    cp = ControlPlane(
+        state,
+        store,
+        config=args.config or (),
+        listen=listen,
+        store_url=args.store,
+        lease_ttl=args.lease_ttl,
+        poll_interval=args.poll_interval,
+    )
 
     async def main() -> int:
         from pymesh.observe.admin import json_response, start_admin_server, text_response

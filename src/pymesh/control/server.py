@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
+import secrets
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -131,7 +131,9 @@ class ControlPlane:
         self._static_endpoints: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
         self._stamp: tuple[tuple[str, int, int], ...] = ()
         self._ready = asyncio.Event()
+        self._started_at = 0.0
         self.subscribers = 0
+        self.instance = secrets.token_hex(8)  # this process's run of this replica
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -194,6 +196,7 @@ class ControlPlane:
         if self.config_paths:
             self._tasks.append(spawn(self._watch_files(), name="cp.files"))
         self._ready.set()
+        self._started_at = loop.time()
         current = self.registry.current
         _log.info(
             "control_plane_started",
@@ -321,7 +324,9 @@ class ControlPlane:
                 )
             if request.method != b"POST" or path not in _POSTS:
                 return _error(404, "not_found", "unknown endpoint")
-            doc = await self._json_body(request)
+            # /v1/endpoints streams its request too: the registration, then heartbeats.
+            streaming = path == b"/v1/endpoints"
+            doc = await (self._first_line(request) if streaming else self._json_body(request))
             service = str(doc.get("service", ""))
             if not service:
                 return _error(400, "bad_request", "missing 'service'")
@@ -329,12 +334,40 @@ class ControlPlane:
             if path == b"/v1/certificate":
                 return self._certificate(service, doc)
             if path == b"/v1/stream":
-                return self._config_stream(service)
-            return await self._endpoint_stream(service, doc)
+                # A sidecar that has a config from another instance (before a restart, or
+                # from another replica) is a returning one.
+                resume = bool(doc.get("version")) and doc.get("instance") != self.instance
+                return self._config_stream(service, resume=resume)
+            return await self._endpoint_stream(service, doc, request)
         except Unauthorized as exc:
             return _error(403, "unauthorized", exc.detail or "refused")
         except ProxyError as exc:
             return _error(exc.http_status, exc.code, exc.detail or exc.code)
+
+    async def _first_line(self, request: Request) -> dict[str, Any]:
+        """The first NDJSON line of a streamed request body (bounded, with a deadline)."""
+        body = request.body
+        buf = b""
+        if body is not None:
+            async with asyncio.timeout(10.0):
+                while b"\n" not in buf and len(buf) <= MAX_REQUEST_BODY:
+                    chunk = await body.read()
+                    if not chunk:
+                        break
+                    buf += chunk
+        line = buf.partition(b"\n")[0]  # what follows the first line is heartbeats
+        return self._parse_json(line)
+
+    def _parse_json(self, data: bytes) -> dict[str, Any]:
+        try:
+            doc = json.loads(data or b"{}")
+        except ValueError as exc:
+            raise ProxyError(
+                f"body is not JSON: {exc}", code="bad_request", http_status=400
+            ) from exc
+        if not isinstance(doc, dict):
+            raise ProxyError("body must be a JSON object", code="bad_request", http_status=400)
+        return doc
 
     async def _json_body(self, request: Request) -> dict[str, Any]:
         if request.body is None:
@@ -380,6 +413,7 @@ class ControlPlane:
                     {
                         "type": "config",
                         "version": snap.version,
+                        "instance": self.instance,
                         "mesh_version": view.version,
                         "config": to_yaml(view.resources),
                     }
@@ -408,9 +442,20 @@ class ControlPlane:
         response.release = release
         return response
 
-    def _config_stream(self, service: str) -> Response:
+    def _config_stream(self, service: str, *, resume: bool) -> Response:
         async def produce(body: Body, writable: asyncio.Event) -> None:
             self.subscribers += 1
+            loop = asyncio.get_running_loop()
+            hold_until = self._started_at + self.lease_ttl
+            if resume and loop.time() < hold_until:
+                # Just (re)started: the sidecars' endpoint registrations are coming back
+                # (the memory store lost them). A sidecar that already has a config keeps it
+                # until they have had one lease period to return, instead of getting a view
+                # in which the services it calls have no endpoints.
+                _log.info("config_held_after_start", service=service)
+                while (left := hold_until - loop.time()) > 0:
+                    body.feed(b'{"type":"ping"}\n')
+                    await asyncio.sleep(min(self.heartbeat, left))
             sub = self.registry.subscribe()
             it: AsyncIterator[Snapshot] = sub.__aiter__()
             try:
@@ -435,28 +480,53 @@ class ControlPlane:
         _log.info("sidecar_subscribed", service=service)
         return self._streaming(produce)
 
-    async def _endpoint_stream(self, service: str, doc: dict[str, Any]) -> Response:
+    async def _endpoint_stream(
+        self, service: str, doc: dict[str, Any], request: Request
+    ) -> Response:
         address = str(doc.get("address", ""))
         host, sep, port = address.rpartition(":")
         if not sep or not port.isdigit() or not host or not 0 < int(port) < 65536:
             return _error(400, "bad_request", f"address {address!r} (expected HOST:PORT)")
         lease = await self.store.register_endpoint(service, address, self.lease_ttl)
-        _log.info("endpoint_registered", service=service, address=address, ttl_s=self.lease_ttl)
+        _log.info("endpoint_registered", service=service, address=address, ttl_s=lease.ttl_s)
+        beats = request.body
 
         async def produce(body: Body, writable: asyncio.Event) -> None:
-            await self._keep(lease, body, service, address)
+            body.feed(json.dumps({"type": "registered", "lease_ttl": lease.ttl_s}).encode() + b"\n")
+            await self._keep(lease, body, beats, service, address)
 
         return self._streaming(produce)
 
-    async def _keep(self, lease: EndpointLease, body: Body, service: str, address: str) -> None:
-        """Keep the lease alive while the stream is open; when it closes, the lease runs out
-        (the sidecar may already be connected to another replica, which renews it)."""
+    async def _keep(
+        self,
+        lease: EndpointLease,
+        body: Body,
+        beats: Body | None,
+        service: str,
+        address: str,
+    ) -> None:
+        """Renew the lease only while the sidecar proves it is alive: each heartbeat line it
+        sends (every third of the lease) renews it. A sidecar cut off the network sends
+        nothing — even though TCP may take many minutes to notice — so after one lease
+        period without a heartbeat the stream ends and the lease runs out."""
+        ttl = lease.ttl_s
         try:
             while True:
+                try:
+                    async with asyncio.timeout(ttl):
+                        chunk = await beats.read() if beats is not None else b""
+                except (ConnectionError, ProxyError):
+                    return  # the sidecar reset the stream or went away
+                except TimeoutError:
+                    _log.warning(
+                        "endpoint_heartbeat_lost", service=service, address=address, after_s=ttl
+                    )
+                    return
+                if not chunk:
+                    return  # the sidecar ended the stream
                 await lease.keepalive()
                 if body.buffered < 4096:
                     body.feed(b'{"type":"ping"}\n')
-                await asyncio.sleep(lease.ttl_s / 3 * random.uniform(0.9, 1.0))
         finally:
             _log.info("endpoint_stream_closed", service=service, address=address)
             body.feed_eof()

@@ -135,6 +135,18 @@ class H2UpstreamConnection(H2Shell):
             content_length=head.content_length,
             chunked=body is not None and head.content_length is None,
         )
+        if body is not None:
+            sid = ev.stream_id
+
+            def release(ok: bool) -> None:
+                # The consumer is done with the response; if the stream is still open (it
+                # stopped reading early: a client gone, a stream abandoned), reset it so the
+                # upstream stops sending and the stream's state is freed.
+                if self.streams.pop(sid, None) is not None and not self.closed:
+                    self.codec.reset_stream(sid)
+                    self.send()
+
+            resp.release = release
         s.response.set_result(resp)
 
     def _fail_stream(self, sid: int, exc: UpstreamReset) -> None:
