@@ -247,3 +247,11 @@ def test_text_cache_is_per_object_and_bounded() -> None:
 def test_to_yaml_of_nothing_is_empty() -> None:
     assert to_yaml([]) == ""
     assert load_text(to_yaml([])) == ()
+
+
+@pytest.mark.parametrize("text", ["\x85", "a\u2028b", "\u2029", "é+", "tab\there", "ünïcödé"])
+def test_strings_yaml_reads_as_line_breaks_round_trip(text: str) -> None:
+    """NEL and the Unicode line/paragraph separators are line breaks to a YAML reader: the
+    writer must escape them (found by hypothesis: '\\x85' came back as ' ')."""
+    doc = {"spec": {"matches": [{"name": text}]}}
+    assert yaml.safe_load(dump_module._dump(doc)) == doc

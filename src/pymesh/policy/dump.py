@@ -157,7 +157,10 @@ def _dump(doc: dict[str, Any]) -> str:
         doc,
         Dumper=_DUMPER,
         sort_keys=False,
-        allow_unicode=True,
+        # Escape everything beyond ASCII: YAML treats NEL (U+0085) and the Unicode line and
+        # paragraph separators as line breaks inside scalars, so written raw they would not
+        # read back as the same string (a hypothesis test found '\x85' coming back as ' ').
+        allow_unicode=False,
         default_flow_style=None,
         width=100,
     )
