@@ -36,6 +36,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	bash scripts/install-deps.sh bench
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.cp_scale --subscribers 1000 --services 100
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -534,6 +534,17 @@ class _Index:
             self.policies.setdefault((t.kind, r.namespace, t.name), []).append(r)
         self.views: dict[ServiceKey, Mesh] = {}
         self.lock = threading.Lock()
+        # Who may call what, once per index (not per view: that was O(services²) per change).
+        self.open_services: list[ServiceKey] = []
+        self.callable_by: dict[Account, list[ServiceKey]] = {}
+        for k, svc in self.services.items():
+            mode = svc.spec.authorization or mesh.spec.authorization
+            sources = self.allowed.get((svc.namespace, svc.spec.service_account))
+            if mode == "audit" or sources is None:
+                self.open_services.append(k)
+            else:
+                for account in sources:
+                    self.callable_by.setdefault(account, []).append(k)
 
     def may_call(self, caller: Account, service: Resource) -> bool:
         """Whether a workload with `caller`'s ServiceAccount may call `service` at all."""
@@ -575,7 +586,9 @@ class _Index:
             return True
 
         # the services it may call (and itself), with the routes and splits that govern them
-        routable = [k for k, s in self.services.items() if k == key or self.may_call(me, s)]
+        routable = list(
+            dict.fromkeys([key, *self.open_services, *self.callable_by.get(me, ())])
+        )
         for ns, name in routable:
             add_service(ns, name)
         routes: list[Resource] = []
