@@ -586,9 +586,7 @@ class _Index:
             return True
 
         # the services it may call (and itself), with the routes and splits that govern them
-        routable = list(
-            dict.fromkeys([key, *self.open_services, *self.callable_by.get(me, ())])
-        )
+        routable = list(dict.fromkeys([key, *self.open_services, *self.callable_by.get(me, ())]))
         for ns, name in routable:
             add_service(ns, name)
         routes: list[Resource] = []
