@@ -243,7 +243,7 @@ def specs(cls: type) -> st.SearchStrategy[Any]:
 
 def _read_back(cls: type, data: Any) -> tuple[Any, list[FieldError]]:
     """The loader's conversion of `data` (written as YAML) into `cls`, and its errors."""
-    text = yaml.safe_dump({"spec": data}, allow_unicode=True, sort_keys=False)
+    text = yaml.safe_dump({"spec": data}, allow_unicode=False, sort_keys=False)  # as dump.py
     node = yaml.compose(text, Loader=yaml.SafeLoader)
     assert node is not None
     errors: list[FieldError] = []
