@@ -63,6 +63,7 @@ __all__ = ["ControlPlane", "config_files"]
 _log = structlog.get_logger("pymesh.control")
 MAX_REQUEST_BODY: Final = 64 * 1024
 STREAM_HIGH_WATER: Final = 1 << 20
+ENDPOINT_SETTLE_S: Final = 0.1
 
 
 def config_files(paths: Sequence[str]) -> list[Path]:
@@ -276,6 +277,10 @@ class ControlPlane:
                         self.registry.apply_text(stored.text, "<store>")
                         self._applied_text = stored.text
                 elif event.kind == "endpoints":
+                    # Let a burst of registrations (sidecars starting together) settle into
+                    # one new version instead of one per sidecar: events arriving meanwhile
+                    # are coalesced by the store's subscription.
+                    await asyncio.sleep(ENDPOINT_SETTLE_S)
                     await self._refresh_endpoints()
                 else:
                     self._revoked = await self.store.revoked()
