@@ -54,6 +54,7 @@ class Backend:
     raw_bytes: int = 0
     server: asyncio.Server | None = None
     writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -64,6 +65,10 @@ class Backend:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self.writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
@@ -109,6 +114,10 @@ class Backend:
                     return
         except (h11.RemoteProtocolError, ConnectionError):
             return
+        except asyncio.CancelledError:
+            # Stopped at teardown: end normally, or asyncio's start_server callback logs the
+            # cancellation as "Exception in callback".
+            return
         finally:
             self.writers.discard(writer)
             writer.close()
@@ -122,6 +131,10 @@ class Backend:
         self.server.close()
         for w in list(self.writers):
             w.close()  # handlers see EOF and return before the loop goes away
+        for t in list(self.tasks):
+            t.cancel()  # a handler still in the app's `handler` (e.g. a slow one)
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=2)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2):
                 await self.server.wait_closed()
