@@ -26,6 +26,7 @@ from pymesh.observe.metrics import REQUEST_LABELS, MetricsRegistry, mesh_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 ROW = re.compile(r"(?P<name>\S+) +(?P<requests>\d+) +(?P<rps>[\d.]+) +(?P<errors>\d+) ")
+MTLS = re.compile(r"^(?P<name>\S+) +\d+ .* (?P<mtls>\d+)%$", re.M)
 
 
 def _final_table(out: str) -> dict[str, int]:
@@ -54,6 +55,10 @@ def test_demo_runs_traffic_through_every_service_and_exits_0() -> None:
     rows = _final_table(proc.stdout)
     assert set(rows) >= {"web", "orders", "inventory"}, proc.stdout
     assert all(rows[s] > 0 for s in ("web", "orders", "inventory")), proc.stdout
+    # Between sidecars everything is mutual TLS; only the demo client's calls to web (the
+    # PERMISSIVE front door) arrive in plaintext.
+    mtls = {m["name"]: int(m["mtls"]) for m in MTLS.finditer(proc.stdout)}
+    assert mtls["orders"] == 100 and mtls["inventory"] == 100 and mtls["web"] == 0, proc.stdout
     m = re.search(r"^client -> web: (\d+) sent, (\d+) ok, ", proc.stdout, re.M)
     assert m and int(m[2]) > 0, proc.stdout
     assert "\x1b[" not in proc.stdout  # not a terminal: no cursor movement

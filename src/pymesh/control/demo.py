@@ -127,6 +127,7 @@ class ServiceStats:
 
     requests: float = 0.0
     errors: float = 0.0
+    mtls: float = 0.0  # requests that arrived over mutual TLS
     buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
 
     def quantile(self, q: float) -> float | None:
@@ -151,6 +152,8 @@ def aggregate(
             code, flags = labels.get("response_code", ""), labels.get("response_flags", "-")
             if code.startswith("5") or flags not in ("-", ""):
                 s.errors += value
+            if labels.get("connection_security_policy") == "mutual_tls":
+                s.mtls += value
         else:
             try:
                 le = float(labels.get("le", ""))
@@ -324,14 +327,15 @@ class Dashboard:
             f"pymesh demo: {c.rate:g} req/s to {self.target}, "
             f"{min(elapsed, self.duration):.0f}/{self.duration:g} s",
             f"{'SERVICE':<24} {'REQUESTS':>9} {'RPS':>7} {'ERRORS':>7} {'ERR%':>6} "
-            f"{'P50 ms':>8} {'P99 ms':>8}",
+            f"{'P50 ms':>8} {'P99 ms':>8} {'MTLS%':>6}",
         ]
         for name, s in rows:
             rps = (s.requests - prev_requests.get(name, 0.0)) / span if span > 0 else 0.0
             err = 100.0 * s.errors / s.requests if s.requests else 0.0
+            mtls = 100.0 * s.mtls / s.requests if s.requests else 0.0
             lines.append(
                 f"{name:<24} {s.requests:>9.0f} {rps:>7.1f} {s.errors:>7.0f} {err:>5.1f}% "
-                f"{_ms(s.quantile(0.5)):>8} {_ms(s.quantile(0.99)):>8}"
+                f"{_ms(s.quantile(0.5)):>8} {_ms(s.quantile(0.99)):>8} {mtls:>5.0f}%"
             )
         lines.append(
             f"client -> {self.target}: {c.sent} sent, {c.ok} ok, {c.errors} 5xx, "
