@@ -356,6 +356,14 @@ def test_control_plane_and_two_services_on_three_hosts(lab: NetnsLab, tmp_path: 
         return len(seen) == 2
 
     wait_until(lab, "policy propagation", both_updated, timeout=10)
+    # A version bump can also be an endpoint change (registrations settle for 100 ms): wait
+    # until the new policy itself is in force on api's sidecar.
+    wait_until(
+        lab,
+        "policy in force",
+        lambda: "web-to-api" in json.dumps(d.admin_json(d.host_a, "/config_dump")),
+        timeout=10,
+    )
     assert d.call_api("/private") == (403, "authz_denied")
     denied_after = time.monotonic() - start
     assert d.call_api("/health") == (200, None)
