@@ -89,6 +89,7 @@ async def test_smi_l7_example_is_enforced(example: Path, ca: CertificateAuthorit
             ("website-service", "GET", "/api/orders"),
             ("website-service", "POST", "/api/orders"),
             ("payments-service", "DELETE", "/api/x"),
+            ("website-service", "GET", "/api/./orders//"),  # normalised: the app sees it so
         ]
         denied = [
             ("prometheus", "GET", "/api/orders"),  # prometheus: only the 'metrics' match
@@ -96,6 +97,9 @@ async def test_smi_l7_example_is_enforced(example: Path, ca: CertificateAuthorit
             ("website-service", "GET", "/metrics"),  # website: only the 'api' match
             ("ledger", "GET", "/api/orders"),  # not a source of any TrafficTarget
             ("ledger", "GET", "/metrics"),
+            # The policy sees the normalised path: no way around a match with dot segments.
+            ("website-service", "GET", "/api/../metrics"),
+            ("prometheus", "GET", "/metrics/%2e%2e/api/x"),
         ]
         for who, method, path in allowed:
             assert await call(callers[who], method, path) == (200, None), (who, method, path)
@@ -103,7 +107,7 @@ async def test_smi_l7_example_is_enforced(example: Path, ca: CertificateAuthorit
         for who, method, path in denied:
             assert await call(callers[who], method, path) == (403, b"authz_denied"), (who, path)
         assert len(app.requests) == seen  # no denied request reached the app
-        targets = [b"/metrics", b"/api/orders", b"/api/orders", b"/api/x"]
+        targets = [b"/metrics", b"/api/orders", b"/api/orders", b"/api/x", b"/api/orders/"]
         assert [r.target for r in app.requests] == targets
         # Plaintext straight to the STRICT inbound port: refused before any HTTP.
         out = await raw_exchange(api.inbound_address, b"GET /api HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -114,5 +118,5 @@ async def test_smi_l7_example_is_enforced(example: Path, ca: CertificateAuthorit
         route = inbound.by_port(8080)
         assert route is not None and route.fast is not None and route.guard is not None
         metrics = api.registry.render().decode()
-        assert 'pymesh_authz_decisions_total{decision="allow",protocol="http"} 4' in metrics
-        assert 'pymesh_authz_decisions_total{decision="deny",protocol="http"} 5' in metrics
+        assert 'pymesh_authz_decisions_total{decision="allow",protocol="http"} 5' in metrics
+        assert 'pymesh_authz_decisions_total{decision="deny",protocol="http"} 7' in metrics

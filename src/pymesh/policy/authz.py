@@ -444,6 +444,54 @@ def _resolve_destination(mesh: Mesh, destination: Resource | str) -> Resource:
     return service
 
 
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = b"0123456789abcdefABCDEF"
+
+
+def normalize_path(target: bytes) -> bytes:
+    """A request target's path normalised as RFC 3986 §6 says, the query kept as is.
+
+    Percent-encoded unreserved characters are decoded (`%2E` → `.`; an encoded `/`, `%2F`,
+    stays encoded: it is data, not a separator), runs of `/` are merged, and `.` / `..`
+    segments are removed (never above the root). Authorization matches the normalised path
+    and the request goes on with it, so `/api/../admin` is `/admin` for both the policy and
+    the application (Envoy's `normalize_path` + `merge_slashes`, on in Istio). Fast when there
+    is nothing to do (the common case): the bytes come back unchanged.
+    """
+    if not target.startswith(b"/"):
+        return target  # "*" (OPTIONS) or another form: nothing to normalise
+    q = target.find(b"?")
+    path, query = (target, b"") if q < 0 else (target[:q], target[q:])
+    if b"%" not in path and b"/." not in path and b"//" not in path:
+        return target
+    if b"%" in path:
+        out = bytearray()
+        i, n = 0, len(path)
+        while i < n:
+            c = path[i]
+            if c == 0x25 and i + 2 < n and path[i + 1] in _HEX and path[i + 2] in _HEX:
+                v = int(path[i + 1 : i + 3], 16)
+                if v in _UNRESERVED:
+                    out.append(v)
+                else:
+                    out += path[i : i + 3].upper()  # case-normalised escape
+                i += 3
+                continue
+            out.append(c)
+            i += 1
+        path = bytes(out)
+    segments: list[bytes] = []
+    for seg in path.split(b"/")[1:]:
+        if seg == b"..":
+            if segments:
+                segments.pop()
+        elif seg not in (b".", b""):
+            segments.append(seg)
+    trailing = path.endswith((b"/", b"/.", b"/..")) and bool(segments)
+    normal = b"/" + b"/".join(segments) + (b"/" if trailing else b"")
+    return normal + query
+
+
 def decide(
     mesh: Mesh,
     source: str | None,
@@ -465,6 +513,9 @@ def decide(
     service = _resolve_destination(mesh, destination)
     view = _resolve_view(mesh, service)
     target = "/" if path is None else path.partition("?")[0]
+    target = normalize_path(target.encode("utf-8", "surrogateescape")).decode(
+        "utf-8", "surrogateescape"
+    )
     return _evaluate(view, source, port, method, target, _headers_by_name(headers))
 
 

@@ -21,7 +21,7 @@ import structlog
 
 from pymesh.errors import Unauthorized
 from pymesh.observe.metrics import MeshMetrics
-from pymesh.policy.authz import Decision, InboundAuthz
+from pymesh.policy.authz import Decision, InboundAuthz, normalize_path
 from pymesh.proxy.chain import ConnectionHandler, HttpService
 from pymesh.proxy.messages import Request, Response
 from pymesh.proxy.tcp import Connection
@@ -80,6 +80,7 @@ class AuthzFilter:
     def fast_check(self, request: Request) -> bool:
         """The synchronous half for the fast path: True (and counted) if allowed; False
         leaves the request to `__call__`, which decides again and records the denial."""
+        request.target = normalize_path(request.target)
         ctx = request.context
         source = _source(ctx.source_principal, ctx.connection_security_policy)
         d = self.authz.check_http(
@@ -98,6 +99,8 @@ class AuthzFilter:
             # `fast_check` allowed (and counted) this request, then the fast path found no
             # idle connection and handed it to the task path: decided already.
             return await call_next(request)
+        # The policy and the application see the same path (`/api/../admin` is `/admin`).
+        request.target = normalize_path(request.target)
         source = _source(ctx.source_principal, ctx.connection_security_policy)
         d = self.authz.check_http(
             source, self.port, request.method, request.target, request.headers
