@@ -145,7 +145,7 @@ class ControlPlane:
         changes = self.store.subscribe()
         self._revoked = await self.store.revoked()
         if self.config_paths:
-            snap = self.registry.apply_paths([str(p) for p in config_files(self.config_paths)])
+            snap = self._apply_files()
             self._stamp = self._files_stamp()
             stored = await self.store.get_config()
             text = to_yaml(snap.mesh.resources)  # before any endpoint registration
@@ -241,6 +241,10 @@ class ControlPlane:
             out.append((str(f), st.st_size, st.st_mtime_ns))
         return tuple(out)
 
+    def _apply_files(self) -> Snapshot:
+        """Load and apply the `--config` files (ConfigError with every problem)."""
+        return self.registry.apply_paths([str(p) for p in config_files(self.config_paths)])
+
     async def _watch_files(self) -> None:
         while True:
             await asyncio.sleep(self.poll_interval)
@@ -249,7 +253,7 @@ class ControlPlane:
                 continue
             self._stamp = stamp
             try:
-                snap = self.registry.apply_paths([str(p) for p in config_files(self.config_paths)])
+                snap = self._apply_files()
             except ConfigError as exc:
                 _log.error(
                     "config_rejected",
@@ -385,16 +389,7 @@ class ControlPlane:
     async def _json_body(self, request: Request) -> dict[str, Any]:
         if request.body is None:
             return {}
-        data = await request.body.read_all(MAX_REQUEST_BODY)
-        try:
-            doc = json.loads(data or b"{}")
-        except ValueError as exc:
-            raise ProxyError(
-                f"body is not JSON: {exc}", code="bad_request", http_status=400
-            ) from exc
-        if not isinstance(doc, dict):
-            raise ProxyError("body must be a JSON object", code="bad_request", http_status=400)
-        return doc
+        return self._parse_json(await request.body.read_all(MAX_REQUEST_BODY))
 
     def _certificate(self, service: str, doc: dict[str, Any]) -> Response:
         snap = self.registry.current

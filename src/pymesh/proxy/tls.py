@@ -336,14 +336,9 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         """Send close_notify (when the session is open), flush, close the socket."""
         if self.closing:
             return
+        self.send_close_notify()  # (an open session only)
         self.closing = True
         self._cancel_timer()
-        if self._state == _OPEN:
-            try:
-                self._ssl.unwrap()
-            except ssl.SSLError:
-                pass
-            self._flush()
         raw = self.raw
         if raw is not None:
             raw.close()

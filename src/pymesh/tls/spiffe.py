@@ -149,21 +149,24 @@ class SpiffeId:
         """The mesh identity `spiffe://<td>/ns/<namespace>/sa/<service_account>`."""
         return cls(trust_domain, f"/ns/{namespace}/sa/{service_account}")
 
+    def _ns_sa(self) -> tuple[str, str] | None:
+        """(X, Y) when the path is exactly `/ns/X/sa/Y`, else None."""
+        parts = self.path.split("/")
+        if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa":
+            return parts[2], parts[4]
+        return None
+
     @property
     def namespace(self) -> str | None:
         """`X` when the path is exactly `/ns/X/sa/Y`, else None."""
-        parts = self.path.split("/")
-        if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa":
-            return parts[2]
-        return None
+        both = self._ns_sa()
+        return both[0] if both else None
 
     @property
     def service_account(self) -> str | None:
         """`Y` when the path is exactly `/ns/X/sa/Y`, else None."""
-        parts = self.path.split("/")
-        if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa":
-            return parts[4]
-        return None
+        both = self._ns_sa()
+        return both[1] if both else None
 
     def member_of(self, trust_domain: str) -> bool:
         """True if this ID is in `trust_domain`."""
