@@ -229,7 +229,6 @@ class ControlPlaneClient:
         self.trust: PinnedTrust | None = None
         self.version: int | None = None  # the control plane's version in force
         self.instance = ""  # which control-plane run that version came from
-        self.mesh: Mesh | None = None
         self._next = random.randrange(len(self.addresses))
         self._pools: dict[tuple[tuple[str, int], bool], H2Pool] = {}
         self._identity: CsrSource | None = None
@@ -354,7 +353,6 @@ class ControlPlaneClient:
             return None
         self.version = int(msg.get("version", 0))
         self.instance = str(msg.get("instance", ""))
-        self.mesh = mesh
         return mesh
 
     # -- following ----------------------------------------------------------------------------

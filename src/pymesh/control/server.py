@@ -129,9 +129,7 @@ class ControlPlane:
         self._streams: set[asyncio.Task[None]] = set()
         self._revoked: frozenset[str] = frozenset()
         self._views: dict[tuple[str, int], bytes] = {}
-        self._static_endpoints: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
         self._stamp: tuple[tuple[str, int, int], ...] = ()
-        self._ready = asyncio.Event()
         self._started_at = 0.0
         self._applied_text = ""  # the config text in force (as stored)
         self.subscribers = 0
@@ -199,7 +197,6 @@ class ControlPlane:
         self._tasks.append(spawn(self._follow_store(changes), name="cp.store"))
         if self.config_paths:
             self._tasks.append(spawn(self._watch_files(), name="cp.files"))
-        self._ready.set()
         self._started_at = loop.time()
         current = self.registry.current
         _log.info(

@@ -196,7 +196,6 @@ class Sidecar:
         self.control_plane: Any = None  # a ControlPlaneClient when config comes from one
         self._tls_state: TlsState | None = None
         self._inbound_tls_settings: InboundTls | None = None
-        self.authz: InboundAuthz | None = None
         self._identity_task: asyncio.Task[None] | None = None
 
     # -- addresses ----------------------------------------------------------------------
@@ -348,7 +347,6 @@ class Sidecar:
             connect_timeout=self.connect_timeout,
         )
         self._inbound_tls_settings = self._inbound_tls(mesh, resource)
-        self.authz = authz
         self.metrics.config_version_info.set((mesh.version,), 1.0)
         return outbound, inbound, tcp
 
