@@ -45,7 +45,8 @@ from pymesh.proxy.mtls import ClientCredentials, TlsOrigin
 from pymesh.proxy.pool2 import H2Pool
 from pymesh.proxy.sidecar import Sidecar
 from pymesh.runtime import spawn
-from pymesh.tls.credentials import Alpn, Credentials, CsrSource
+from pymesh.tls.context import trust_context
+from pymesh.tls.credentials import ALPN_OFFERS, Alpn, Credentials, CsrSource
 from pymesh.tls.identity import load_certificates
 
 __all__ = [
@@ -93,14 +94,7 @@ class PinnedTrust:
         """A TLS 1.3 context verifying the server's chain against the pinned bundle."""
         ctx = self._contexts.get(alpn)
         if ctx is None:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-            ctx.check_hostname = False  # the SPIFFE ID is checked instead
-            ctx.load_verify_locations(cadata=self.bundle_pem.decode())
-            offer = {"h1": ["http/1.1"], "h2": ["h2", "http/1.1"], "none": []}[alpn]
-            if offer:
-                ctx.set_alpn_protocols(offer)
-            self._contexts[alpn] = ctx
+            ctx = self._contexts[alpn] = trust_context(self.bundle_pem, alpn=ALPN_OFFERS[alpn])
         return ctx
 
 

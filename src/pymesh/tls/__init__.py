@@ -13,7 +13,7 @@ See docs/identity.md.
 from __future__ import annotations
 
 from pymesh.tls.ca import DEFAULT_SVID_TTL_S, CertificateAuthority, svid_extensions
-from pymesh.tls.context import DEFAULT_ALPN, client_context, server_context
+from pymesh.tls.context import DEFAULT_ALPN, client_context, server_context, trust_context
 from pymesh.tls.identity import Identity, key_pem, make_csr, new_key
 from pymesh.tls.spiffe import SpiffeId, check_trust_domain
 from pymesh.tls.svid import SvidError, svid_problems, validate_svid
@@ -33,5 +33,6 @@ __all__ = [
     "server_context",
     "svid_extensions",
     "svid_problems",
+    "trust_context",
     "validate_svid",
 ]

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 
 from pymesh.tls.identity import Identity
 
-__all__ = ["DEFAULT_ALPN", "client_context", "server_context"]
+__all__ = ["DEFAULT_ALPN", "client_context", "server_context", "trust_context"]
 
 DEFAULT_ALPN: tuple[str, ...] = ("h2", "http/1.1")
 
@@ -64,21 +64,32 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _configure(ctx: ssl.SSLContext, identity: Identity, alpn: Sequence[str]) -> ssl.SSLContext:
+def _trust(ctx: ssl.SSLContext, bundle_pem: bytes, alpn: Sequence[str]) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.options |= ssl.OP_NO_COMPRESSION
     ctx.check_hostname = False  # before verify_mode: a client context insists otherwise
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.verify_flags |= ssl.VERIFY_X509_STRICT
-    ctx.load_verify_locations(cadata=identity.bundle_pem.decode("ascii"))
+    ctx.load_verify_locations(cadata=bundle_pem.decode("ascii"))
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    return ctx
+
+
+def _configure(ctx: ssl.SSLContext, identity: Identity, alpn: Sequence[str]) -> ssl.SSLContext:
+    _trust(ctx, identity.bundle_pem, alpn)
     with (
         _private_path(identity.chain_pem, "chain") as certfile,
         _private_path(identity.key_pem, "key") as keyfile,
     ):
         ctx.load_cert_chain(certfile, keyfile)
-    if alpn:
-        ctx.set_alpn_protocols(list(alpn))
     return ctx
+
+
+def trust_context(bundle_pem: bytes, *, alpn: Sequence[str] = DEFAULT_ALPN) -> ssl.SSLContext:
+    """A TLS 1.3 client context that verifies the server against `bundle_pem` and presents
+    no certificate (a sidecar that has no identity yet, joining the control plane)."""
+    return _trust(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), bundle_pem, alpn)
 
 
 def server_context(

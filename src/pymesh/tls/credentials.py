@@ -32,6 +32,7 @@ from pymesh.tls.identity import Identity, key_pem, make_csr, new_key
 from pymesh.tls.spiffe import SpiffeId
 
 __all__ = [
+    "ALPN_OFFERS",
     "Alpn",
     "Credentials",
     "CsrSource",
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 Alpn = Literal["h1", "h2", "none"]
-_ALPN: Final[dict[Alpn, tuple[str, ...]]] = {
+ALPN_OFFERS: Final[dict[Alpn, tuple[str, ...]]] = {
     "h1": ("http/1.1",),
     "h2": ("h2", "http/1.1"),
     "none": (),
@@ -93,7 +94,9 @@ class Credentials:
         """Build contexts for `identity`, then swap them in (existing connections keep theirs)."""
         server = server_context(identity, alpn=("h2", "http/1.1"))
         server.num_tickets = 0  # no resumption between sidecars (DESIGN.md §4): pool instead
-        clients = {alpn: client_context(identity, alpn=offer) for alpn, offer in _ALPN.items()}
+        clients = {
+            alpn: client_context(identity, alpn=offer) for alpn, offer in ALPN_OFFERS.items()
+        }
         previous = self.identity
         self.server, self._client, self.identity = server, clients, identity
         self.generation += 1
